@@ -1,0 +1,125 @@
+"""Zero-flag task discovery: ``lm_eval --tasks esc_eval`` after a plain ``pip install``.
+
+lm-eval 0.4.x scans only its own task folder plus ``--include_path``; it has no
+entry-point group for task folders (upstream proposal: the ``lm_eval.tasks`` group,
+which ``setup.cfg`` declares as well). ``esc_guard_tasks.pth`` imports this module at
+interpreter start. It imports nothing heavy: it only registers a post-import hook
+that, once ``lm_eval.tasks.manager`` has been imported by someone else, makes every
+``TaskManager`` also scan our ``task_yamls`` folder, ahead of user ``--include_path``
+folders so that those can still override our tasks.
+
+Opt out with ``ESC_GUARD_TASKS_AUTOLOAD=0``; ``--include_path "$(esc-guard task-dir)"``
+is the explicit alternative.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
+_PATCHED = "_esc_guard_tasks_include"
+
+
+def task_dir() -> Path:
+    """The folder holding our task YAMLs, wherever the package is installed."""
+    spec = importlib.util.find_spec("esc_guard_tasks.task_yamls")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("esc_guard_tasks.task_yamls is not installed; reinstall esc-guard-tasks")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _with_our_task_dir(include_path: object) -> list:
+    """``include_path`` as a list with our folder first (user folders keep precedence)."""
+    if include_path is None:
+        paths: list = []
+    elif isinstance(include_path, (list, tuple)):
+        paths = list(include_path)
+    else:
+        paths = [include_path]
+    ours = task_dir()
+    if any(Path(p).resolve() == ours.resolve() for p in paths):
+        return paths
+    return [ours, *paths]
+
+
+def patch_task_manager(module: ModuleType) -> None:
+    """Wrap ``module.TaskManager.__init__`` so it always scans our task folder."""
+    cls = getattr(module, "TaskManager", None)
+    if cls is None or getattr(cls, _PATCHED, False):
+        return
+    original = cls.__init__
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces a dunder
+        bound = signature.bind(self, *args, **kwargs)
+        bound.arguments["include_path"] = _with_our_task_dir(bound.arguments.get("include_path"))
+        original(*bound.args, **bound.kwargs)
+
+    cls.__init__ = __init__
+    setattr(cls, _PATCHED, True)
+
+
+class _HookedLoader(importlib.abc.Loader):
+    """Delegates to the real loader, then runs the hook on the freshly executed module."""
+
+    def __init__(self, loader: importlib.abc.Loader, hook: Callable[[ModuleType], None]):
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._hook(module)
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+
+class _PostImportHooks(importlib.abc.MetaPathFinder):
+    """Runs a callback right after a named module is imported (by anyone)."""
+
+    def __init__(self, hooks: dict[str, Callable[[ModuleType], None]]):
+        self.hooks = hooks
+
+    def find_spec(self, fullname, path, target=None):
+        hook = self.hooks.get(fullname)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _HookedLoader(spec.loader, hook)
+                return spec
+        return None
+
+
+HOOKS: dict[str, Callable[[ModuleType], None]] = {"lm_eval.tasks.manager": patch_task_manager}
+
+
+def install() -> None:
+    """Register the hooks once; patch right away what is already imported."""
+    if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return
+    if any(isinstance(f, _PostImportHooks) for f in sys.meta_path):
+        return
+    for name, hook in HOOKS.items():
+        if name in sys.modules:
+            hook(sys.modules[name])
+    sys.meta_path.insert(0, _PostImportHooks(HOOKS))
+
+
+install()

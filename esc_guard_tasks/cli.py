@@ -1,0 +1,107 @@
+"""``esc-guard``: the project's command line (task folder, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEMO_OUTPUT = Path("demo_output")
+
+
+def _task_dir(_: argparse.Namespace) -> int:
+    from esc_guard_tasks.autoload import task_dir
+
+    print(task_dir())
+    return 0
+
+
+def demo_command(output: Path, rounds: int, limit: int | None, max_tokens: int) -> list[str]:
+    """The plain ``lm_eval`` invocation the demo runs (SmolLM2 as supporter and role-player)."""
+    from esc_guard_tasks.smollm2 import ensure_converted
+
+    model_dir = ensure_converted()
+    model_args = f"pretrained={model_dir},dtype=bfloat16"
+    metadata = {
+        "role_model": "hf",
+        "role_model_args": model_args,
+        "role_gen_kwargs": {
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_p": 0.8,
+            "top_k": 20,
+            "repetition_penalty": 1.05,
+            "max_gen_toks": max_tokens,
+        },
+        "rounds": rounds,
+        "judge": "none",
+    }
+    command = [
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        model_args,
+        "--device",
+        "cpu",
+        "--tasks",
+        "esc_eval_demo",
+        "--apply_chat_template",
+        "--batch_size",
+        "8",
+        "--gen_kwargs",
+        f"max_gen_toks={max_tokens},repetition_penalty=1.1",
+        "--metadata",
+        json.dumps(metadata),
+        "--output_path",
+        str(output),
+        "--log_samples",
+    ]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    return command
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import shlex
+
+    from lm_eval.__main__ import cli_evaluate
+
+    command = demo_command(args.output, args.rounds, args.limit, args.max_tokens)
+    print("Running:", shlex.join(command), file=sys.stderr, flush=True)
+    sys.argv = command
+    cli_evaluate()
+    samples = sorted(args.output.glob("**/samples_esc_eval_demo_*.jsonl"))
+    print(
+        "\nDEMO DATA: the cards are the project's own demo cards, not ESC-Eval's; "
+        "SmolLM2-135M-Instruct played both the help-seeker and the supporter (a plumbing demo)."
+    )
+    print(
+        "Judge: none — no scores were computed (ESC-RANK is not wired in yet); "
+        "the table shows only the empty-utterance rate."
+    )
+    print("Transcripts (one JSON line per dialogue, turn by turn):")
+    for path in samples:
+        print(f"  {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="esc-guard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("task-dir", help="print the task folder (for lm_eval --include_path)").set_defaults(
+        run=_task_dir
+    )
+    demo = commands.add_parser("demo", help="run ESC-Eval end to end on the demo cards with SmolLM2-135M")
+    demo.add_argument("--output", type=Path, default=DEMO_OUTPUT, help="lm_eval --output_path")
+    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--limit", type=int, default=None, help="cards per language")
+    demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ESC-Eval core: protocol, role cards, settings and the dialogue engine (no harness imports)."""

@@ -1,0 +1,152 @@
+"""lm-eval models as dialogue speakers.
+
+``LMEvalChatModel`` turns any lm-eval LM (the user's ``--model`` as supporter, or a
+role-player built from lm-eval's own model registry) into the engine's ``ChatModel``:
+each history is rendered by that model's own backend (``lm.apply_chat_template``:
+a templated string for hf/vLLM, a JSON message list for chat-completions APIs), and a
+whole batch goes through one ``generate_until`` call.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from esc_guard_tasks.esc_eval.protocol import Message
+from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
+
+log = logging.getLogger("lm_eval.esc_guard_tasks")
+
+# Backends whose generate_until accepts a per-request ``seed`` generation kwarg
+# (vLLM SamplingParams; OpenAI-compatible payloads). Others are seeded globally.
+PER_REQUEST_SEED_BACKENDS = frozenset(
+    {"vllm", "local-completions", "local-chat-completions", "openai-completions", "openai-chat-completions"}
+)
+HF_BACKENDS = frozenset({"hf", "hf-auto", "huggingface"})
+PLAIN_SPEAKER_TAGS = {"system": "", "user": "User: ", "assistant": "Assistant: "}
+
+
+def plain_transcript(messages: Sequence[Message]) -> str:
+    """Fallback context for base models (no chat template): a plain User/Assistant script."""
+    lines = []
+    for message in messages:
+        if message["role"] == "system":
+            lines.append(message["content"] + "\n")
+        else:
+            lines.append(PLAIN_SPEAKER_TAGS[message["role"]] + message["content"])
+    return "\n".join(lines) + "\nAssistant:"
+
+
+class LMEvalChatModel:
+    """A ``ChatModel`` over an lm-eval LM: one ``generate_until`` call per batch of histories."""
+
+    def __init__(
+        self,
+        lm: Any,
+        gen_kwargs: dict[str, Any],
+        use_chat_template: bool = True,
+        seed_requests: Callable[[int, int], dict[str, Any]] | None = None,
+        before_call: Callable[[int], None] | None = None,
+    ):
+        self.lm = lm
+        self.gen_kwargs = dict(gen_kwargs)
+        self.use_chat_template = use_chat_template
+        self._seed_requests = seed_requests
+        self._before_call = before_call
+        self.calls = 0
+        if not use_chat_template:
+            until = list(self.gen_kwargs.get("until") or [])
+            self.gen_kwargs["until"] = [*until, "\nUser:"]
+        self._quiet = "disable_tqdm" in inspect.signature(lm.generate_until).parameters
+
+    def _context(self, messages: list[Message]) -> Any:
+        if self.use_chat_template:
+            return self.lm.apply_chat_template(messages, add_generation_prompt=True)
+        return plain_transcript(messages)
+
+    def generate(self, conversations: Sequence[list[Message]]) -> list[str]:
+        from lm_eval.api.instance import Instance
+
+        requests = []
+        for index, messages in enumerate(conversations):
+            kwargs = copy.deepcopy(self.gen_kwargs)
+            if self._seed_requests:
+                kwargs.update(self._seed_requests(self.calls, index))
+            requests.append(
+                Instance(request_type="generate_until", doc={}, arguments=(self._context(messages), kwargs), idx=0)
+            )
+        if self._before_call:
+            self._before_call(self.calls)
+        self.calls += 1
+        replies = self.lm.generate_until(requests, **({"disable_tqdm": True} if self._quiet else {}))
+        return [str(r) for r in replies]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs that in-process backends (hf) sample from."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+_ROLE_PLAYERS: dict[str, Any] = {}
+
+
+def role_player_lm(settings: ESCSettings, supporter: Any) -> Any:
+    """The role-player LM from lm-eval's registry, built once per process and configuration.
+
+    An hf role-player shares the supporter's device and batch size unless
+    ``role_model_args`` sets them.
+    """
+    args = parse_kv(settings.role_model_args)
+    if settings.role_model in HF_BACKENDS:
+        args.setdefault("device", _device_of(supporter))
+        args.setdefault("batch_size", _batch_size_of(supporter))
+    key = json.dumps([settings.role_model, args], sort_keys=True, default=str)
+    if key not in _ROLE_PLAYERS:
+        from lm_eval.api.registry import get_model
+
+        log.info("Loading the role-player: %s (%s)", settings.role_model, settings.role_player_identity()["model"])
+        _ROLE_PLAYERS[key] = get_model(settings.role_model).create_from_arg_obj(args)
+    return _ROLE_PLAYERS[key]
+
+
+def role_player_chat(settings: ESCSettings, supporter: Any, seeds: Sequence[int]) -> LMEvalChatModel:
+    """The role-player as a speaker, seeded so its sampled turns are reproducible.
+
+    ``seeds`` has one entry per dialogue (derived from the card and the run seed), so
+    per-request seeding backends give the same turn whatever the batch holds; hf-like
+    backends are seeded globally before each round's batch instead.
+    """
+    lm = role_player_lm(settings, supporter)
+    if settings.role_model in PER_REQUEST_SEED_BACKENDS:
+
+        def seed_requests(call: int, index: int) -> dict[str, Any]:
+            return {"seed": (seeds[index] + 1_000_003 * call) % 2**31}
+
+        return LMEvalChatModel(lm, settings.role_gen_kwargs, seed_requests=seed_requests)
+    return LMEvalChatModel(
+        lm, settings.role_gen_kwargs, before_call=lambda call: seed_everything(settings.seed * 1_000_003 + call)
+    )
+
+
+def _device_of(lm: Any) -> str:
+    device = getattr(lm, "device", None)
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _batch_size_of(lm: Any) -> int:
+    size = getattr(lm, "batch_size", 1)
+    return size if isinstance(size, int) and size > 0 else 1

@@ -1,0 +1,149 @@
+"""ESC-Eval as an lm-eval task: one card → one multi-turn dialogue → (judged) transcript.
+
+lm-eval calls a model once per request type with all requests of that type
+(``getattr(lm, request.request_type)(requests)``). The task therefore emits one
+``esc_dialogue`` request per card, and ``esc_dialogue`` — attached to lm-eval's ``LM``
+base class — runs all of them through the round-synchronous ``DialogueEngine``: the
+user's model is the supporter, the role-player comes from lm-eval's model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import LM
+from lm_eval.api.task import ConfigurableTask
+from tqdm import tqdm
+
+from esc_guard_tasks.esc_eval.cards import card_from_doc
+from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.esc_eval.protocol import (
+    Card,
+    Speaker,
+    Transcript,
+    default_supporter_system_prompt,
+    role_player_system_prompt,
+)
+from esc_guard_tasks.esc_eval.settings import ESCSettings
+from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, role_player_chat
+
+REQUEST_TYPE = "esc_dialogue"
+log = logging.getLogger("lm_eval.esc_guard_tasks")
+
+
+class ESCEvalTask(ConfigurableTask):
+    """A ConfigurableTask whose requests are whole dialogues instead of single generations."""
+
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any):
+        config = {k: v for k, v in (config or {}).items() if k != "class"}
+        super().__init__(config=config, **kwargs)
+        self.settings = ESCSettings.from_sources(self.config.metadata or {}, os.environ)
+        # Resolved settings and identities land in the results JSON (configs → metadata).
+        self.config.metadata["esc_eval"] = self.settings.describe()
+
+    def doc_to_text(self, doc: dict[str, Any], doc_to_text: Any = None) -> str:
+        card = card_from_doc(doc)
+        return role_player_system_prompt(card.base, card.language)
+
+    def doc_to_target(self, doc: dict[str, Any], doc_to_target: Any = None) -> str:
+        return ""  # no reference answer: a judge scores the transcript
+
+    def fewshot_context(self, doc: dict[str, Any], num_fewshot: int, **kwargs: Any) -> str:
+        # The context is assembled turn by turn during the dialogue, not here.
+        return self.doc_to_text(doc)
+
+    def build_all_requests(
+        self, *, system_instruction: str | None = None, apply_chat_template: bool = False, **kwargs: Any
+    ) -> None:
+        super().build_all_requests(
+            system_instruction=system_instruction, apply_chat_template=apply_chat_template, **kwargs
+        )
+        # Re-stamp every request with the current settings: lm-eval's --cache_requests key
+        # ignores --metadata and --gen_kwargs, so cached instances may carry stale ones.
+        supporter = {
+            "system_prompt": default_supporter_system_prompt() if system_instruction is None else system_instruction,
+            "gen_kwargs": dict(self.config.generation_kwargs or {}),
+            "chat_template": bool(apply_chat_template),
+        }
+        for instance in self._instances:
+            instance.request_type = REQUEST_TYPE
+            instance.arguments = (self.doc_to_text(instance.doc), self._dialogue_spec(supporter))
+
+    def _dialogue_spec(self, supporter: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "rounds": s.rounds,
+            "seed": s.seed,
+            "role_model": s.role_model,
+            "role_model_args": s.role_model_args,
+            "role_gen_kwargs": s.role_gen_kwargs,
+            "supporter": supporter,
+        }
+
+    def construct_requests(self, doc: dict[str, Any], ctx: str, **kwargs: Any) -> Instance:
+        return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, {}), idx=0, metadata=kwargs["metadata"])
+
+
+def dialogue_seed(run_seed: int, card: Card) -> int:
+    """A per-dialogue seed that does not depend on which other cards share the batch."""
+    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}".encode())
+
+
+def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
+    """Run every requested dialogue; returns each transcript as JSON, in request order.
+
+    Requests sharing the same settings (normally all of them, both languages) go through
+    one engine run: ``2 × rounds`` batched ``generate_until`` calls in total.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        groups[json.dumps(request.args[1], sort_keys=True, default=str)].append(index)
+    results: list[str] = [""] * len(requests)
+    for indices in groups.values():
+        transcripts = _run_dialogues(lm, [requests[i] for i in indices])
+        for i, transcript in zip(indices, transcripts, strict=True):
+            results[i] = transcript.to_json()
+    return results
+
+
+def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
+    """One engine run over requests that share their settings."""
+    spec = requests[0].args[1]
+    settings = ESCSettings(
+        role_model=spec["role_model"],
+        role_model_args=spec["role_model_args"],
+        role_gen_kwargs=spec["role_gen_kwargs"],
+        rounds=spec["rounds"],
+        seed=spec["seed"],
+    )
+    supporter = spec["supporter"]
+    cards = [card_from_doc(r.doc) for r in requests]
+    engine = DialogueEngine(
+        role_player=role_player_chat(settings, lm, [dialogue_seed(settings.seed, c) for c in cards]),
+        supporter=LMEvalChatModel(lm, supporter["gen_kwargs"], use_chat_template=supporter["chat_template"]),
+        rounds=settings.rounds,
+    )
+    setups = [DialogueSetup(card, supporter["system_prompt"]) for card in cards]
+    with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
+
+        def on_turn(round_index: int, speaker: Speaker) -> None:
+            bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
+            bar.update(1)
+
+        return engine.run(setups, on_turn)
+
+
+def install_request_type() -> None:
+    """Give every lm-eval LM the ``esc_dialogue`` method the evaluator dispatches to."""
+    if getattr(LM, REQUEST_TYPE, None) is not esc_dialogue:
+        setattr(LM, REQUEST_TYPE, esc_dialogue)
+
+
+install_request_type()

@@ -1,0 +1,46 @@
+"""Shared fixtures: the project's shared reference data and tiny offline models.
+
+Tests read the real ESC-Eval cards and transcripts from the ``shared/`` folder that
+sits beside the checkout (override with ``ESC_GUARD_SHARED``); the product never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ESC_GUARD_SHARED", REPO.parent / "shared"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: runs a real model or a fresh install (still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "reference" / "esc_eval_prompts.json").is_file():
+        raise FileNotFoundError(f"shared reference data not found at {SHARED}; set ESC_GUARD_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def esc_data(shared: Path) -> Path:
+    return shared / "data" / "esc_eval"
+
+
+@pytest.fixture(scope="session")
+def reference_prompts(shared: Path) -> dict:
+    """The reference strings as the shared JSON holds them (independent of the package copy)."""
+    return json.loads((shared / "reference" / "esc_eval_prompts.json").read_text("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random chat model (ChatML template) built in code: seconds to load, offline."""
+    from tiny_models import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
