@@ -16,10 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ESC_GUARD_SHARED", REPO.parent / "shared"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: runs a real model or a fresh install (still run in CI)")
-
-
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "reference" / "esc_eval_prompts.json").is_file():

@@ -42,8 +42,9 @@ def test_role_gen_kwargs_override_defaults_key_by_key():
     from_env = ESCSettings.from_sources({}, {"ESC_EVAL_ROLE_GEN_KWARGS": "max_gen_toks=64,temperature=0.5"})
     assert from_json.role_gen_kwargs == DEFAULT_ROLE_GEN_KWARGS | {"max_gen_toks": 64}
     assert from_env.role_gen_kwargs == DEFAULT_ROLE_GEN_KWARGS | {"max_gen_toks": 64, "temperature": 0.5}
-    env_json = ESCSettings.from_sources({}, {"ESC_EVAL_ROLE_GEN_KWARGS": '{"top_k": 5}'})
+    env_json = ESCSettings.from_sources({}, {"ESC_EVAL_ROLE_GEN_KWARGS": '{"top_k": 5, "repetition_penalty": null}'})
     assert env_json.role_gen_kwargs["top_k"] == 5
+    assert "repetition_penalty" not in env_json.role_gen_kwargs  # null removes a default
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,9 @@ class ESCSettings:
             elif key == "role_gen_kwargs":
                 try:
                     overrides = parse_kv(json.loads(value) if _looks_like_json(value) else value)
-                    values[key] = {**DEFAULT_ROLE_GEN_KWARGS, **overrides}
+                    # null removes a default (e.g. top_k for APIs that reject it)
+                    merged = {**DEFAULT_ROLE_GEN_KWARGS, **overrides}
+                    values[key] = {k: v for k, v in merged.items() if v is not None}
                 except (ValueError, TypeError) as err:
                     raise fail(key, f"must be a JSON object or k=v,k=v ({err})") from None
             elif key == "role_model_args" and isinstance(value, Mapping):

@@ -1,0 +1,36 @@
+"""The README's first command: the ESC-Eval pipeline end to end with SmolLM2-135M-Instruct, offline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_with_smollm2(tmp_path):
+    """`esc-guard demo` runs real lm_eval with SmolLM2 as supporter and role-player on the demo cards,
+    prints the harness table, names the judge (none) and where the transcripts are."""
+    esc_guard = Path(sys.executable).parent / "esc-guard"
+    run = subprocess.run(
+        [str(esc_guard), "demo", "--limit", "1", "--rounds", "1", "--max-tokens", "12", "--output", "out"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "|esc_eval_demo" in run.stdout and "empty_turn_rate" in run.stdout
+    assert "Judge: none" in run.stdout and "DEMO DATA" in run.stdout
+    listed = [line.strip() for line in run.stdout.splitlines() if line.strip().endswith(".jsonl")]
+    assert len(listed) == 2
+    for path in listed:
+        (sample,) = [json.loads(line) for line in (tmp_path / path).read_text("utf-8").splitlines()]
+        transcript = json.loads(sample["resps"][0][0])
+        assert [t["speaker"] for t in transcript["turns"]] == ["seeker", "supporter"]
+        assert all(t["text"] for t in transcript["turns"]), transcript
+        assert sample["doc"]["source"] == "esc-guard-tasks demo"
+    assert "SmolLM2-135M-Instruct" in run.stderr  # the exact lm_eval command is shown
