@@ -42,6 +42,10 @@ def test_wheel_contents(wheel):
         "esc_guard_tasks/esc_eval/demo_cards/card_demo_zh.json",
     }
     assert expected <= names
+    package = REPO / "esc_guard_tasks"
+    sources = {f"esc_guard_tasks/{p.relative_to(package)}" for p in package.glob("**/*.py")}
+    sources |= {f"esc_guard_tasks/metrics/{p.name}" for p in REPO.glob("metrics/*.py")}
+    assert sources <= names, f"modules missing from the wheel: {sorted(sources - names)}"
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"esc_guard_tasks", "esc_guard_tasks.pth"}
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

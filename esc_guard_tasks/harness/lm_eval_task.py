@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from esc_guard_tasks.esc_eval.cards import card_from_doc
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import (
     Card,
     Speaker,
@@ -86,6 +87,32 @@ class ESCEvalTask(ConfigurableTask):
             "role_gen_kwargs": s.role_gen_kwargs,
             "supporter": supporter,
         }
+
+    def apply_filters(self) -> None:
+        """After the dialogues: judge all of this task's transcripts in one batched pass.
+
+        Skipped for ``judge=none`` and ``--predict_only`` (its 'bypass' metric), so no
+        judge is ever loaded then. Each filtered response becomes
+        ``{"transcript": …, "verdicts": […]}`` (JSON), which ``--log_samples`` keeps.
+        """
+        super().apply_filters()
+        if self.settings.judge == "none" or "bypass" in self._metric_fn_list:
+            return
+        judge = get_judge(self.settings)
+        for key in self._instances[0].filtered_resps:
+            records = [json.loads(instance.filtered_resps[key]) for instance in self._instances]
+            transcripts = [Transcript.from_json(json.dumps(r)) for r in records]
+            log.info(
+                "Judging %d %s dialogues × 7 dimensions with %s",
+                len(transcripts),
+                self.config.task,
+                self.settings.judge,
+            )
+            verdicts = score_dialogues(judge, transcripts, self.settings.judge)
+            for instance, record, judged in zip(self._instances, records, verdicts, strict=True):
+                instance.filtered_resps[key] = json.dumps(
+                    {"transcript": record, "verdicts": verdicts_to_json(judged)}, ensure_ascii=False
+                )
 
     def construct_requests(self, doc: dict[str, Any], ctx: str, **kwargs: Any) -> Instance:
         return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, {}), idx=0, metadata=kwargs["metadata"])

@@ -1,0 +1,1 @@
+"""ESC-RANK, the ESC-Eval judge: locating, converting (no remote code) and loading its checkpoints."""

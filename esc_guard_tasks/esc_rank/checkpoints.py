@@ -1,0 +1,81 @@
+"""Where ESC-RANK's weights come from, and the one-time conversion that frees them of remote code.
+
+ESC-RANK is 14 LoRA adapters (``haidequanbu/ESC-RANK``) on ``internlm/internlm2-chat-7b``,
+whose modeling code only runs as hub remote code. Given hub ids or local folders, this
+resolves both, converts an InternLM2 base (and its fused-``wqkv`` adapters) once into the
+Llama layout that stock transformers and vLLM load (cached, keyed by the sources), and
+returns the converted base and the adapter folders. An already converted base (from
+``esc-guard convert-esc-rank``) is used as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ESC_GUARD_CACHE", Path.home() / ".cache" / "esc_guard_tasks")) / "esc_rank"
+
+
+def local_folder(name_or_path: str, revision: str | None, what: str) -> Path:
+    """A local folder as is; otherwise a hub snapshot (downloaded once by huggingface_hub)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, revision=revision))
+    except Exception as err:  # noqa: BLE001 - offline, gated, missing: all need the same advice
+        raise RuntimeError(
+            f"cannot get the {what} {name_or_path!r} (revision {revision or 'main'}): {type(err).__name__}: {err}. "
+            "Download it on a machine with hub access (huggingface-cli download …) and pass the local folder "
+            "in judge_args."
+        ) from None
+
+
+def model_type(folder: Path) -> str:
+    try:
+        return json.loads((folder / "config.json").read_text("utf-8")).get("model_type", "")
+    except FileNotFoundError:
+        raise RuntimeError(f"{folder / 'config.json'}: not a model folder (no config.json)") from None
+
+
+def adapter_folders(root: Path) -> dict[str, str]:
+    """Every adapter below ``root`` by folder name (``fluency``, ``fluency_en``, …)."""
+    found = {p.parent.name: str(p.parent) for p in sorted(root.glob("*/adapter_config.json"))}
+    if not found:
+        raise RuntimeError(f"{root}: no adapter folders (expected <name>/adapter_config.json)")
+    return found
+
+
+def resolve_esc_rank(
+    pretrained: str,
+    adapters: str,
+    *,
+    revision: str | None = None,
+    adapters_revision: str | None = None,
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(converted base folder, {adapter name: folder}, identity for the results JSON)."""
+    base = local_folder(pretrained, revision, "ESC-RANK base model")
+    adapter_root = local_folder(adapters, adapters_revision, "ESC-RANK adapters")
+    identity: dict[str, Any] = {
+        "pretrained": pretrained,
+        "revision": revision or "main",
+        "adapters": adapters,
+        "adapters_revision": adapters_revision or "main",
+    }
+    if model_type(base) != "internlm2":
+        return str(base), adapter_folders(adapter_root), identity | {"converted": False}
+
+    from esc_guard_tasks.esc_rank.convert import convert_esc_rank
+
+    digest = hashlib.sha256(json.dumps([str(base.resolve()), str(adapter_root.resolve())]).encode()).hexdigest()
+    target = cache_root() / digest[:16]
+    if not (target / "manifest.json").is_file():
+        convert_esc_rank(base, adapter_root, target)
+    return str(target / "base"), adapter_folders(target / "adapters"), identity | {"converted": True}

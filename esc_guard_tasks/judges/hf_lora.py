@@ -1,0 +1,159 @@
+"""In-process judge: transformers + peft, one base model with several LoRA adapters attached.
+
+The base model is loaded once and every adapter attached to it; for each adapter, all
+its requests go through batched greedy generation (left-padded, longest first), or, with
+``score_mode="logits"``, one forward pass that reads the next-token distribution over
+the score labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from esc_guard_tasks.judges.base import JudgeRequest
+
+log = logging.getLogger("lm_eval.esc_guard_tasks")
+SCORE_MODES = ("generate", "logits")
+
+
+class HFLoraJudge:
+    def __init__(
+        self,
+        pretrained: str,
+        adapters: Mapping[str, str] | None = None,
+        *,
+        dtype: str = "auto",
+        device: str | None = None,
+        batch_size: int = 8,
+        score_mode: str = "generate",
+        max_new_tokens: int = 16,
+        labels: Sequence[str] = (),
+        stop_strings: Sequence[str] = ("<|im_end|>",),
+        identity: Mapping[str, Any] | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if score_mode not in SCORE_MODES:
+            raise ValueError(f"judge score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
+        if score_mode == "logits" and not labels:
+            raise ValueError("score_mode=logits needs the score labels")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = int(batch_size)
+        self.score_mode = score_mode
+        self.max_new_tokens = int(max_new_tokens)
+        self.labels = tuple(labels)
+        self.stop_strings = tuple(stop_strings)
+        self._identity = {
+            "backend": "hf",
+            "pretrained": str(pretrained),
+            "adapters": {name: str(path) for name, path in (adapters or {}).items()},
+            "dtype": dtype,
+            "score_mode": score_mode,
+            "max_new_tokens": self.max_new_tokens,
+        } | dict(identity or {})
+
+        self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"judge tokenizer at {pretrained} has no chat template")
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype)
+        if adapters:
+            from peft import PeftModel
+
+            names = list(adapters)
+            model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
+            for name in names[1:]:
+                model.load_adapter(adapters[name], adapter_name=name)
+        self.model = model.to(self.device).eval()
+        self.adapters = set(adapters or {})
+        self.eos_ids = sorted(
+            {self.tokenizer.eos_token_id}
+            | {i for s in self.stop_strings if (i := self.tokenizer.convert_tokens_to_ids(s)) is not None}
+            - {self.tokenizer.unk_token_id}
+        )
+        self._label_ids: list[int] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def render(self, request: JudgeRequest) -> list[int]:
+        """Token ids of the request under the judge's own chat template (BOS exactly once)."""
+        text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def complete(self, requests: Sequence[JudgeRequest]) -> list[str]:
+        by_adapter: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            if request.adapter and request.adapter not in self.adapters:
+                raise KeyError(f"judge has no adapter {request.adapter!r}; loaded: {sorted(self.adapters)}")
+            by_adapter[request.adapter].append(index)
+        replies: list[str] = [""] * len(requests)
+        for adapter, indices in by_adapter.items():
+            encoded = {i: self.render(requests[i]) for i in indices}
+            order = sorted(indices, key=lambda i: -len(encoded[i]))
+            with self._adapter(adapter):
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start : start + self.batch_size]
+                    outputs = self._run([encoded[i] for i in batch])
+                    for i, reply in zip(batch, outputs, strict=True):
+                        replies[i] = reply
+        return replies
+
+    def _adapter(self, name: str):
+        import contextlib
+
+        if not self.adapters:
+            return contextlib.nullcontext()
+        if not name:
+            return self.model.disable_adapter()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def _run(self, batch: list[list[int]]) -> list[str]:
+        import torch
+
+        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            if self.score_mode == "logits":
+                logits = self.model(**padded).logits[:, -1, :]
+                label_ids = self._label_token_ids(batch[0])
+                best = logits[:, label_ids].argmax(dim=-1).tolist()
+                return [self.labels[b] for b in best]
+            generated = self.model.generate(
+                **padded,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = generated[:, padded["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self._cut(text) for text in texts]
+
+    def _cut(self, text: str) -> str:
+        for stop in self.stop_strings:
+            text = text.split(stop, 1)[0]
+        return text
+
+    def _label_token_ids(self, prompt_ids: list[int]) -> list[int]:
+        """The single token each label is generated as, right after the generation prompt."""
+        if self._label_ids is None:
+            prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+            base = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = []
+            for label in self.labels:
+                full = self.tokenizer(prompt + label, add_special_tokens=False)["input_ids"]
+                if full[: len(base)] != base or len(full) != len(base) + 1:
+                    raise ValueError(f"score_mode=logits needs single-token labels; {label!r} is not one here")
+                ids.append(full[-1])
+            self._label_ids = ids
+        return self._label_ids
