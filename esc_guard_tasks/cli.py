@@ -87,6 +87,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rescore(args: argparse.Namespace) -> int:
+    from esc_guard_tasks.harness.rescore import rescore
+
+    rescore(args.samples, args.judge, args.judge_backend, args.judge_args, args.output)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esc-guard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--limit", type=int, default=None, help="cards per language")
     demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
     demo.set_defaults(run=_demo)
+    again = commands.add_parser("rescore", help="judge the dialogues of saved --log_samples files again")
+    again.add_argument("samples", type=Path, nargs="+", help="samples_<task>_<date>.jsonl files of esc_eval tasks")
+    again.add_argument("--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"])
+    again.add_argument("--judge-backend", default="hf", choices=["hf", "vllm", "openai"])
+    again.add_argument("--judge-args", default="", help="k=v,… as for lm_eval --model_args")
+    again.add_argument("--output", type=Path, default=None, help="folder for results and samples (lm-eval layout)")
+    again.set_defaults(run=_rescore)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -16,6 +16,8 @@ Usage::
 into a standard chat-completion response) or a ``dict`` sent verbatim as the JSON response
 (malformed or unusual responses). It may raise ``LoopbackHTTPError`` to answer with an HTTP
 error status (fault injection); any other exception becomes a 500 and is kept in ``errors``.
+A body whose ``messages`` is not a list of objects is recorded, then rejected with a 400, as
+the OpenAI API does, without calling ``reply``.
 Only loopback is ever bound; the port is ephemeral; the server stops on context exit.
 """
 
@@ -201,6 +203,10 @@ def _handler_for(server: LoopbackChatServer) -> type[BaseHTTPRequestHandler]:
                 return
             if not isinstance(body, dict):
                 self._send_error(400, "request body must be a JSON object")
+                return
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                self._send_error(400, "'messages' must be an array of message objects")  # as OpenAI answers
                 return
             try:
                 answer = server.reply(body)

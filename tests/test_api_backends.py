@@ -208,10 +208,18 @@ def role_dialogue(body: dict[str, Any], dialogues: list[Dialogue]) -> Any:
 
 
 def supporter_dialogue(body: dict[str, Any], dialogues: list[Dialogue]) -> Any:
-    """Which dialogue a supporter request belongs to (by the marker in its first seeker turn)."""
-    found = MARKER.search(body["messages"][1]["content"]) if len(body["messages"]) > 1 else None
+    """Which dialogue a supporter request belongs to (by the first seeker marker in its history)."""
+    found = next(filter(None, (MARKER.search(str(m.get("content"))) for m in body["messages"])), None)
     tag = found.group(1) if found else None
     return next(((d.language, d.card_id) for d in dialogues if d.tag == tag), ("unknown", json.dumps(body)[:120]))
+
+
+def histories(bodies: list[dict[str, Any]], locate: Any, dialogues: list[Dialogue]) -> dict[Any, list]:
+    """Each dialogue's requests in arrival order: {(language, card_id): [messages of round 1, 2, ...]}."""
+    grouped: dict[Any, list] = {}
+    for body in bodies:
+        grouped.setdefault(locate(body, dialogues), []).append(body["messages"])
+    return grouped
 
 
 def rounds_of(bodies: list[dict[str, Any]]) -> list[int]:
@@ -226,14 +234,9 @@ def test_role_player_receives_exact_reference_view(api_run: ApiRun):
     """Each round, the role-player gets exactly [system: reference role prompt with the card's base,
     user: reference greeting, then its own replies as assistant and the supporter's as user], in both
     languages, for every dialogue."""
-    role = api_run.by_model(ROLE_MODEL)
-    assert len(role) == ROUNDS * len(api_run.dialogues)
-    for n in range(1, ROUNDS + 1):
-        in_round = [b for b, r in zip(role, rounds_of(role), strict=True) if r == n]
-        actual = {role_dialogue(b, api_run.dialogues): b["messages"] for b in in_round}
-        expected = {(d.language, d.card_id): d.role_view(n) for d in api_run.dialogues}
-        assert len(in_round) == len(expected), f"round {n}: one role-player request per dialogue"
-        assert actual == expected, f"round {n}"
+    actual = histories(api_run.by_model(ROLE_MODEL), role_dialogue, api_run.dialogues)
+    expected = {(d.language, d.card_id): [d.role_view(n) for n in range(1, ROUNDS + 1)] for d in api_run.dialogues}
+    assert actual == expected
 
 
 def test_supporter_receives_exact_view_without_greeting(api_run: ApiRun, reference_prompts: dict):
@@ -241,13 +244,11 @@ def test_supporter_receives_exact_view_without_greeting(api_run: ApiRun, referen
     as user and its own replies as assistant]; the greeting never reaches it."""
     system = reference_prompts["supporter_system_prompt"]
     supporter = api_run.by_model(SUPPORTER_MODEL)
-    assert len(supporter) == ROUNDS * len(api_run.dialogues)
-    for n in range(1, ROUNDS + 1):
-        in_round = [b for b, r in zip(supporter, rounds_of(supporter), strict=True) if r == n]
-        actual = {supporter_dialogue(b, api_run.dialogues): b["messages"] for b in in_round}
-        expected = {(d.language, d.card_id): d.supporter_view(n, system) for d in api_run.dialogues}
-        assert len(in_round) == len(expected), f"round {n}: one supporter request per dialogue"
-        assert actual == expected, f"round {n}"
+    actual = histories(supporter, supporter_dialogue, api_run.dialogues)
+    expected = {
+        (d.language, d.card_id): [d.supporter_view(n, system) for n in range(1, ROUNDS + 1)] for d in api_run.dialogues
+    }
+    assert actual == expected
     greetings = set(reference_prompts["greeting"].values())
     assert not any(m["content"] in greetings for b in supporter for m in b["messages"])
 
@@ -322,15 +323,16 @@ def test_system_instruction_replaces_only_the_supporter_system_prompt(esc_data, 
         role_gen_kwargs={"max_gen_toks": 64},
     )
     role, supporter = api.by_model(ROLE_MODEL), api.by_model(SUPPORTER_MODEL)
-    assert len(role) == len(supporter) == 2 * len(api.dialogues)
-    for body, n in zip(supporter, rounds_of(supporter), strict=True):
-        dialogue = next(d for d in api.dialogues if supporter_dialogue(body, api.dialogues) == (d.language, d.card_id))
-        assert body["messages"] == dialogue.supporter_view(n, instruction)
-        assert [m["role"] for m in body["messages"]].count("system") == 1
-        assert body["max_tokens"] == 32
-    for body, n in zip(role, rounds_of(role), strict=True):
-        dialogue = next(d for d in api.dialogues if role_dialogue(body, api.dialogues) == (d.language, d.card_id))
-        assert body["messages"] == dialogue.role_view(n)
+    rounds = (1, 2)
+    assert histories(supporter, supporter_dialogue, api.dialogues) == {
+        (d.language, d.card_id): [d.supporter_view(n, instruction) for n in rounds] for d in api.dialogues
+    }
+    assert histories(role, role_dialogue, api.dialogues) == {
+        (d.language, d.card_id): [d.role_view(n) for n in rounds] for d in api.dialogues
+    }
+    assert all([m["role"] for m in b["messages"]].count("system") == 1 for b in api.bodies)
+    assert {b["max_tokens"] for b in supporter} == {32}
+    for body in role:
         assert {k: body.get(k) for k in ROLE_SAMPLING} == ROLE_SAMPLING | {"max_tokens": 64}
     default_system = reference_prompts["supporter_system_prompt"]
     assert not any(default_system in m["content"] for b in api.bodies for m in b["messages"])
@@ -356,12 +358,6 @@ def test_chat_api_supporter_without_chat_template_fails_naming_the_flag(run_with
     assert api.by_model(SUPPORTER_MODEL) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the missing --apply_chat_template is only detected by lm-eval's assert in "
-    "LocalChatCompletion._create_payload, after the role-player's whole first round was paid for "
-    "and three retries with back-off",
-)
 def test_chat_api_supporter_without_chat_template_fails_before_any_call(run_without_chat_template: ApiRun):
     """The misconfiguration is detectable before the dialogues start, so no backend should be called."""
     assert run_without_chat_template.bodies == []

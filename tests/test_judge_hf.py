@@ -160,3 +160,43 @@ def test_predict_only_never_loads_the_judge(tiny_model, esc_data, tmp_path, monk
     )
     run = run_cli([*args, "--apply_chat_template", "--predict_only"], tmp_path)
     assert len(run.transcripts("esc_eval_en")) == 1
+
+
+def test_rescore_judges_saved_dialogues_in_the_harness_format(
+    tiny_model, tiny_judge, judge, esc_data, tmp_path, monkeypatch
+):
+    """`esc-guard rescore` judges a judge=none run's saved dialogues without regenerating them: same
+    transcripts, verdicts equal to judging them directly, lm-eval results and samples files with group rows."""
+    from esc_guard_tasks.cli import main
+
+    monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
+    first = run_cli(
+        [*tiny_args(tiny_model, data_dir=str(esc_data), limit=2, rounds=1), "--apply_chat_template", "--log_samples"],
+        tmp_path / "first",
+    )
+    files = sorted(first.output.glob("**/samples_esc_eval_*.jsonl"))
+    base, adapters = tiny_judge
+    assert (
+        main(
+            [
+                "rescore",
+                *map(str, files),
+                "--judge-args",
+                f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1",
+                "--output",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
+    from harness_runs import read_run
+
+    again = read_run(tmp_path / "again")
+    assert {"esc_eval", "esc_eval_en", "esc_eval_zh"} <= set(again.results["results"])
+    assert "fluency,none" in again.results["results"]["esc_eval"]
+    for task in ("esc_eval_en", "esc_eval_zh"):
+        records = [json.loads(s["filtered_resps"][0]) for s in again.samples[task]]
+        originals = first.transcripts(task)
+        assert [r["transcript"] for r in records] == originals
+        direct = score_dialogues(judge, [Transcript.from_json(json.dumps(t)) for t in originals], "esc_rank")
+        assert [[v["score"] for v in r["verdicts"]] for r in records] == [[v.score for v in d] for d in direct]

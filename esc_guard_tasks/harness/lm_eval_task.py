@@ -132,12 +132,24 @@ def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
     groups: dict[str, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
         groups[json.dumps(request.args[1], sort_keys=True, default=str)].append(index)
+    if any(not requests[i[0]].args[1]["supporter"]["chat_template"] for i in groups.values()):
+        _require_text_backend(lm)
     results: list[str] = [""] * len(requests)
     for indices in groups.values():
         transcripts = _run_dialogues(lm, [requests[i] for i in indices])
         for i, transcript in zip(indices, transcripts, strict=True):
             results[i] = transcript.to_json()
     return results
+
+
+def _require_text_backend(lm: Any) -> None:
+    """Chat-completions backends take message lists only: fail before any model is loaded or called."""
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    if isinstance(lm, LocalChatCompletion):
+        raise ValueError(
+            f"esc_eval: the supporter backend ({type(lm).__name__}) takes chat message lists; add --apply_chat_template"
+        )
 
 
 def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
