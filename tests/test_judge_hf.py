@@ -200,3 +200,25 @@ def test_rescore_judges_saved_dialogues_in_the_harness_format(
         assert [r["transcript"] for r in records] == originals
         direct = score_dialogues(judge, [Transcript.from_json(json.dumps(t)) for t in originals], "esc_rank")
         assert [[v["score"] for v in r["verdicts"]] for r in records] == [[v.score for v in d] for d in direct]
+
+
+def test_evaluate_module_scores_reference_transcripts(tiny_judge, judge, esc_data, tmp_path, monkeypatch):
+    """ESC-RANK as an `evaluate` module from the installed package: per-dimension means equal judging directly."""
+    from esc_guard_tasks.esc_rank import load_metric
+
+    monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines = [
+        v for k, v in sorted(json.loads((esc_data / "result/2024-06-24/llama3_en.json").read_text("utf-8")).items())
+    ]
+    base, adapters = tiny_judge
+    result = load_metric().compute(
+        dialogues=lines, language="en", judge_args=f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1"
+    )
+    direct = score_dialogues(
+        judge, [Transcript.from_reference_lines(x, i, "en") for i, x in enumerate(lines)], "esc_rank"
+    )
+    fluency = [d[0].score * 25 for d in direct if d[0].score is not None]
+    assert result["fluency"] == pytest.approx(sum(fluency) / len(fluency))
+    assert len(result["verdicts"]) == 3 and len(result["verdicts"][0]) == 7
+    assert 0 <= result["invalid_rate"] <= 1
