@@ -56,6 +56,9 @@ def test_full_run_batches_rounds_and_logs_transcripts(tiny_model, esc_data, tmp_
 
     assert [c["speaker"] for c in generate_calls] == ["role", "supporter"] * 2
     assert all(len(c["contexts"]) == 4 for c in generate_calls)
+    from esc_guard_tasks.harness.lm_eval_chat import _ROLE_PLAYERS
+
+    assert not _ROLE_PLAYERS, "the role-player must be released before judging"
     assert set(run.results["results"]) == {"esc_eval", "esc_eval_en", "esc_eval_zh"}
     assert run.results["results"]["esc_eval_en"]["empty_turn_rate,none"] == 0.0
     for task, language, ids in (("esc_eval_en", "en", [32025, 32027]), ("esc_eval_zh", "zh", [10000, 10021])):

@@ -119,6 +119,18 @@ def role_player_lm(settings: ESCSettings, supporter: Any) -> Any:
     return _ROLE_PLAYERS[key]
 
 
+def release_role_players() -> None:
+    """Free the role-players once the dialogues are done, so the judge finds the memory free."""
+    import gc
+
+    _ROLE_PLAYERS.clear()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def role_player_chat(settings: ESCSettings, supporter: Any, seeds: Sequence[int]) -> LMEvalChatModel:
     """The role-player as a speaker, seeded so its sampled turns are reproducible.
 

@@ -33,7 +33,7 @@ from esc_guard_tasks.esc_eval.protocol import (
     role_player_system_prompt,
 )
 from esc_guard_tasks.esc_eval.settings import ESCSettings
-from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, role_player_chat
+from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, release_role_players, role_player_chat
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
@@ -135,10 +135,13 @@ def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
     if any(not requests[i[0]].args[1]["supporter"]["chat_template"] for i in groups.values()):
         _require_text_backend(lm)
     results: list[str] = [""] * len(requests)
-    for indices in groups.values():
-        transcripts = _run_dialogues(lm, [requests[i] for i in indices])
-        for i, transcript in zip(indices, transcripts, strict=True):
-            results[i] = transcript.to_json()
+    try:
+        for indices in groups.values():
+            transcripts = _run_dialogues(lm, [requests[i] for i in indices])
+            for i, transcript in zip(indices, transcripts, strict=True):
+                results[i] = transcript.to_json()
+    finally:
+        release_role_players()
     return results
 
 
