@@ -106,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--limit", type=int, default=None, help="cards per language")
     demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
     demo.set_defaults(run=_demo)
+    from esc_guard_tasks.esc_rank import convert
+
+    convert.add_arguments(
+        commands.add_parser(
+            "convert-esc-rank",
+            help="rewrite InternLM2 + ESC-RANK adapters into the Llama layout (no remote code)",
+            description=convert.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     again = commands.add_parser("rescore", help="judge the dialogues of saved --log_samples files again")
     again.add_argument("samples", type=Path, nargs="+", help="samples_<task>_<date>.jsonl files of esc_eval tasks")
     again.add_argument("--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"])

@@ -74,8 +74,10 @@ def resolve_esc_rank(
 
     from esc_guard_tasks.esc_rank.convert import convert_esc_rank
 
-    digest = hashlib.sha256(json.dumps([str(base.resolve()), str(adapter_root.resolve())]).encode()).hexdigest()
-    target = cache_root() / digest[:16]
+    # Dynamic NTK scaling only acts beyond max_position_embeddings (32768): far above any ESC-Eval
+    # input. Dropping it keeps hf exact there and lets vLLM (which scales at every length) agree.
+    digest = hashlib.sha256(json.dumps([str(base.resolve()), str(adapter_root.resolve()), "rope=drop"]).encode())
+    target = cache_root() / digest.hexdigest()[:16]
     if not (target / "manifest.json").is_file():
-        convert_esc_rank(base, adapter_root, target)
+        convert_esc_rank(base, adapter_root, target, rope_scaling="drop")
     return str(target / "base"), adapter_folders(target / "adapters"), identity | {"converted": True}
