@@ -78,8 +78,8 @@ def _demo(args: argparse.Namespace) -> int:
         "SmolLM2-135M-Instruct played both the help-seeker and the supporter (a plumbing demo)."
     )
     print(
-        "Judge: none — no scores were computed (ESC-RANK is not wired in yet); "
-        "the table shows only the empty-utterance rate."
+        "Judge: none — no quality scores were computed, the table shows only the empty-utterance rate. "
+        "ESC-RANK, the default judge of esc_eval, runs on the 7B InternLM2 base (README, 'Judges')."
     )
     print("Transcripts (one JSON line per dialogue, turn by turn):")
     for path in samples:

@@ -50,6 +50,7 @@ def tiny_args(
         "role_model_args": f"pretrained={model}",
         "role_gen_kwargs": {"max_gen_toks": 6},
         "rounds": rounds,
+        "judge": "none",
     } | metadata
     args = [
         "--model",

@@ -148,6 +148,7 @@ def api_args(chat_url: str, esc_data: Path, *, rounds: int, limit: int, **metada
         "role_model_args": f"model={ROLE_MODEL},base_url={chat_url}",
         "rounds": rounds,
         "data_dir": str(esc_data),
+        "judge": "none",
     } | metadata
     return [
         "--model",

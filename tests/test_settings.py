@@ -8,9 +8,9 @@ from esc_guard_tasks.esc_eval.settings import DEFAULT_ROLE_GEN_KWARGS, ESCSettin
 
 
 def test_defaults_follow_the_reference():
-    """ESC-Role on hf with Qwen1.5-Chat sampling, 512 new tokens, 5 rounds; no judge until one is chosen."""
+    """ESC-Role on hf with Qwen1.5-Chat sampling, 512 new tokens, 5 rounds; ESC-RANK on hf judges."""
     s = ESCSettings.from_sources({}, {})
-    assert (s.role_model, s.rounds) == ("hf", 5)
+    assert (s.role_model, s.rounds, s.judge, s.judge_backend) == ("hf", 5, "esc_rank", "hf")
     assert s.role_player_identity()["model"] == "haidequanbu/ESC-Role"
     assert s.role_gen_kwargs == {
         "do_sample": True,

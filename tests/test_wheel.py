@@ -73,6 +73,7 @@ def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, esc_data)
         "role_model_args": f"pretrained={tiny_model}",
         "role_gen_kwargs": {"max_gen_toks": 4},
         "rounds": 1,
+        "judge": "none",
     }
     run = subprocess.run(
         [

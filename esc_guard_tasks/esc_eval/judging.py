@@ -89,9 +89,50 @@ def build_backend(settings: ESCSettings) -> JudgeBackend:
         raise ValueError("judge=none has no backend")
     if settings.judge_backend == "hf":
         return _hf_backend(settings.judge, args)
+    if settings.judge_backend == "openai":
+        return _openai_backend(settings.judge, args)
     raise NotImplementedError(
-        f"judge_backend={settings.judge_backend} is not available yet; use judge_backend=hf or judge=none"
+        f"judge_backend={settings.judge_backend} is not available yet; use judge_backend=hf, openai or judge=none"
     )
+
+
+def _openai_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
+    """An OpenAI-compatible server. ESC-RANK: one served model per adapter (``model`` must contain ``{adapter}``,
+    default ``{adapter}`` as ``vllm serve --lora-modules fluency_en=…`` names them); llm_rubric: one named model."""
+    from esc_guard_tasks.judges.openai_chat import ADAPTER_FIELD, API_KEY_ENV, OPENAI_ARGS, OpenAIChatJudge
+
+    unknown = sorted(set(args) - set(OPENAI_ARGS))
+    if unknown:
+        hint = ""
+        if any("key" in name.lower() or "token" in name.lower() for name in unknown):
+            hint = f"; the API key is read only from the environment ({' or '.join(API_KEY_ENV)})"
+        raise ValueError(
+            f"unknown judge_args for the openai backend: {', '.join(unknown)}"
+            f" (accepted: {', '.join(OPENAI_ARGS)}){hint}"
+        )
+    if not args.get("base_url"):
+        raise ValueError(
+            "judge_backend=openai needs judge_args base_url=<server>, e.g. base_url=http://localhost:8000/v1"
+        )
+    if judge == "esc_rank":
+        model = str(args.setdefault("model", ADAPTER_FIELD))
+        if ADAPTER_FIELD not in model:
+            raise ValueError(
+                f"judge=esc_rank needs a served model per adapter: judge_args model must contain {ADAPTER_FIELD}"
+                f" (e.g. model={ADAPTER_FIELD}), got model={model}"
+            )
+    else:
+        model = str(args.get("model") or "")
+        if not model:
+            raise ValueError(
+                "judge=llm_rubric with judge_backend=openai needs judge_args model=<served model name>"
+                " (e.g. model=gpt-4o)"
+            )
+        if ADAPTER_FIELD in model:
+            raise ValueError(
+                f"judge=llm_rubric asks one model for every dimension: model must not contain {ADAPTER_FIELD}"
+            )
+    return OpenAIChatJudge(**args, identity={"judge": judge})
 
 
 def _hf_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:

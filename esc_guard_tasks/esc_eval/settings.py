@@ -55,7 +55,7 @@ class ESCSettings:
     rounds: int = 5
     seed: int = 1234
     data_dir: str | None = None
-    judge: str = "none"
+    judge: str = "esc_rank"
     judge_backend: str = "hf"
     judge_args: str = ""
 
