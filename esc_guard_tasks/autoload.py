@@ -5,7 +5,7 @@ entry-point group for task folders (upstream proposal: the ``lm_eval.tasks`` gro
 which ``setup.cfg`` declares as well). ``esc_guard_tasks.pth`` imports this module at
 interpreter start. It imports nothing heavy: it only registers a post-import hook
 that, once ``lm_eval.tasks.manager`` has been imported by someone else, makes every
-``TaskManager`` also scan our ``task_yamls`` folder, ahead of user ``--include_path``
+``TaskManager`` also scan our ``task_yamls/lm_eval`` folder, ahead of user ``--include_path``
 folders so that those can still override our tasks.
 
 Opt out with ``ESC_GUARD_TASKS_AUTOLOAD=0``; ``--include_path "$(esc-guard task-dir)"``
@@ -29,12 +29,16 @@ OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
 _PATCHED = "_esc_guard_tasks_include"
 
 
-def task_dir() -> Path:
-    """The folder holding our task YAMLs, wherever the package is installed."""
+def task_dir(harness: str = "lm_eval") -> Path:
+    """The folder holding our task YAMLs for one harness, wherever the package is installed.
+
+    Each harness gets its own folder: lm-eval and lmms-eval configs must not be indexed by
+    the other harness.
+    """
     spec = importlib.util.find_spec("esc_guard_tasks.task_yamls")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("esc_guard_tasks.task_yamls is not installed; reinstall esc-guard-tasks")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations))) / harness
 
 
 def _with_our_task_dir(include_path: object) -> list:

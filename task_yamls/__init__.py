@@ -1,1 +1,1 @@
-"""Harness task configs. This package's folder is what lm-eval's TaskManager scans."""
+"""Harness task configs: ``lm_eval/`` for lm-evaluation-harness, ``lmms_eval/`` for lmms-eval."""

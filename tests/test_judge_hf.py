@@ -31,12 +31,19 @@ def judge(tiny_judge):
 
 @pytest.fixture(scope="module")
 def transcripts(esc_data):
+    """All 12 upstream example dialogues (3 per file: two supporters × two languages)."""
     loaded = []
     for path in sorted((esc_data / "result").glob("*/*.json")):
         language = "zh" if "zh" in path.name else "en"
         for key, lines in json.loads(path.read_text("utf-8")).items():
             loaded.append(Transcript.from_reference_lines(lines, int(key), language))
     return loaded
+
+
+@pytest.fixture(scope="module")
+def sample(transcripts):
+    """One dialogue per file (2 EN, 2 ZH): enough for model-backed checks, cheap on a CPU."""
+    return transcripts[::3]
 
 
 def test_prompt_tokens_are_internlm2_chat_with_one_bos(judge):
@@ -49,27 +56,27 @@ def test_prompt_tokens_are_internlm2_chat_with_one_bos(judge):
     assert judge.render(request).count(tokenizer.bos_token_id) == 1
 
 
-def test_scores_all_dialogues_with_the_right_adapters(judge, transcripts):
-    """12 example dialogues × 7 dimensions in one call; replies depend on the adapter (the LoRAs are applied)."""
-    verdicts = score_dialogues(judge, transcripts, "esc_rank")
-    assert len(verdicts) == 12 and all(len(v) == 7 for v in verdicts)
+def test_scores_all_dialogues_with_the_right_adapters(judge, sample):
+    """Dialogues of both languages × 7 dimensions in one call; replies depend on the adapter (LoRAs applied)."""
+    verdicts = score_dialogues(judge, sample, "esc_rank")
+    assert len(verdicts) == 4 and all(len(v) == 7 for v in verdicts)
     scores = [v.score for dialogue in verdicts for v in dialogue]
     assert sum(s is not None for s in scores) >= 0.9 * len(scores)
     assert len({tuple(v.score for v in dialogue) for dialogue in verdicts}) > 1
-    one = transcripts[0]
+    one = sample[0]
     requests = [JudgeRequest.chat([{"role": "user", "content": "same text"}], name) for name in ADAPTER_FOLDERS]
     assert len(set(judge.complete(requests))) > 1, "all adapters answered alike: LoRA weights not applied"
     assert one.language in ("en", "zh")
 
 
-def test_batching_does_not_change_greedy_replies(judge, transcripts):
+def test_batching_does_not_change_greedy_replies(judge, sample):
     """Batched judging equals one-at-a-time judging (the reference's loop) on the same inputs."""
-    batched = score_dialogues(judge, transcripts[:4], "esc_rank")
-    single = [score_dialogues(judge, [t], "esc_rank")[0] for t in transcripts[:4]]
+    batched = score_dialogues(judge, sample, "esc_rank")
+    single = [score_dialogues(judge, [t], "esc_rank")[0] for t in sample]
     assert batched == single
 
 
-def test_logits_mode_equals_generation_when_the_first_token_is_a_digit(tiny_judge, judge, transcripts):
+def test_logits_mode_equals_generation_when_the_first_token_is_a_digit(tiny_judge, judge, sample):
     """score_mode=logits (one forward pass, argmax over '0'..'4') gives the generated score whenever the
     greedily generated first token is a digit."""
     base, adapters = tiny_judge
@@ -81,8 +88,8 @@ def test_logits_mode_equals_generation_when_the_first_token_is_a_digit(tiny_judg
         score_mode="logits",
         labels=SCORE_LABELS,
     )
-    generated = score_dialogues(judge, transcripts, "esc_rank")
-    from_logits = score_dialogues(logits_judge, transcripts, "esc_rank")
+    generated = score_dialogues(judge, sample, "esc_rank")
+    from_logits = score_dialogues(logits_judge, sample, "esc_rank")
     compared = 0
     for gen_dialogue, log_dialogue in zip(generated, from_logits, strict=True):
         for gen, log in zip(gen_dialogue, log_dialogue, strict=True):
@@ -90,7 +97,7 @@ def test_logits_mode_equals_generation_when_the_first_token_is_a_digit(tiny_judg
             if gen.raw in SCORE_LABELS:
                 assert log.score == gen.score
                 compared += 1
-    assert compared >= 0.9 * 12 * 7
+    assert compared >= 0.9 * 4 * 7
 
 
 def test_cache_serves_a_second_run_without_calling_the_judge(tmp_path, transcripts):

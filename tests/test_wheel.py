@@ -33,11 +33,12 @@ def test_wheel_contents(wheel):
         "esc_guard_tasks.pth",
         "esc_guard_tasks/autoload.py",
         "esc_guard_tasks/metrics/esc_eval.py",
-        "esc_guard_tasks/task_yamls/esc_eval/esc_eval.yaml",
-        "esc_guard_tasks/task_yamls/esc_eval/esc_eval_en.yaml",
-        "esc_guard_tasks/task_yamls/esc_eval/esc_eval_zh.yaml",
-        "esc_guard_tasks/task_yamls/esc_eval/_esc_eval_template_yaml",
+        "esc_guard_tasks/task_yamls/lm_eval/esc_eval/esc_eval.yaml",
+        "esc_guard_tasks/task_yamls/lm_eval/esc_eval/esc_eval_en.yaml",
+        "esc_guard_tasks/task_yamls/lm_eval/esc_eval/esc_eval_zh.yaml",
+        "esc_guard_tasks/task_yamls/lm_eval/esc_eval/_esc_eval_template_yaml",
         "esc_guard_tasks/esc_eval/prompts.json",
+        "esc_guard_tasks/mllmguard/templates.json",
         "esc_guard_tasks/esc_eval/demo_cards/card_demo_en.json",
         "esc_guard_tasks/esc_eval/demo_cards/card_demo_zh.json",
     }
@@ -50,7 +51,7 @@ def test_wheel_contents(wheel):
     assert top_level == {"esc_guard_tasks", "esc_guard_tasks.pth"}
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[lm_eval.tasks]" in text and "esc_guard_tasks = esc_guard_tasks.task_yamls" in text
+    assert "[lm_eval.tasks]" in text and "esc_guard_tasks = esc_guard_tasks.task_yamls.lm_eval" in text
 
 
 @pytest.mark.slow

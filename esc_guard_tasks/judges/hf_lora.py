@@ -124,7 +124,7 @@ class HFLoraJudge:
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             if self.score_mode == "logits":
-                logits = self.model(**padded).logits[:, -1, :]
+                logits = self.model(**padded, logits_to_keep=1).logits[:, -1, :]
                 label_ids = self._label_token_ids(batch[0])
                 best = logits[:, label_ids].argmax(dim=-1).tolist()
                 return [self.labels[b] for b in best]
