@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models on a shared 2-core machine run far faster on one thread (no oversubscription
+# between torch's pool and other processes); set before any test imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ESC_GUARD_SHARED", REPO.parent / "shared"))
 
@@ -32,6 +36,20 @@ def esc_data(shared: Path) -> Path:
 def reference_prompts(shared: Path) -> dict:
     """The reference strings as the shared JSON holds them (independent of the package copy)."""
     return json.loads((shared / "reference" / "esc_eval_prompts.json").read_text("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def transcripts(esc_data: Path) -> list:
+    """All 12 upstream example dialogues (3 per file: two supporters × two languages)."""
+    from esc_guard_tasks.esc_eval.protocol import Transcript
+
+    loaded = []
+    for path in sorted((esc_data / "result").glob("*/*.json")):
+        language = "zh" if "zh" in path.name else "en"
+        for key, lines in json.loads(path.read_text("utf-8")).items():
+            loaded.append(Transcript.from_reference_lines(lines, int(key), language))
+    assert len(loaded) == 12
+    return loaded
 
 
 @pytest.fixture(scope="session")

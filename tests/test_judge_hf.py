@@ -30,17 +30,6 @@ def judge(tiny_judge):
 
 
 @pytest.fixture(scope="module")
-def transcripts(esc_data):
-    """All 12 upstream example dialogues (3 per file: two supporters × two languages)."""
-    loaded = []
-    for path in sorted((esc_data / "result").glob("*/*.json")):
-        language = "zh" if "zh" in path.name else "en"
-        for key, lines in json.loads(path.read_text("utf-8")).items():
-            loaded.append(Transcript.from_reference_lines(lines, int(key), language))
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def sample(transcripts):
     """One dialogue per file (2 EN, 2 ZH): enough for model-backed checks, cheap on a CPU."""
     return transcripts[::3]

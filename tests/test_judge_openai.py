@@ -47,17 +47,6 @@ def no_ambient_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-@pytest.fixture(scope="module")
-def transcripts(esc_data):
-    loaded = []
-    for path in sorted((esc_data / "result").glob("*/*.json")):
-        language = "zh" if "zh" in path.name else "en"
-        for key, lines in json.loads(path.read_text("utf-8")).items():
-            loaded.append(Transcript.from_reference_lines(lines, int(key), language))
-    assert len(loaded) == 12
-    return loaded
-
-
 def scripted(body: dict[str, Any]) -> str:
     """The judge server's reply: a digit 0–4, or (about one in seven) an invalid text; a function of the request."""
     key = body["model"] + "\n" + body["messages"][-1]["content"]
