@@ -96,7 +96,15 @@ def _has_control_char(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text)
 
 
-def build_tiny_chat_model(dest: Path, seed: int = 0, vocab_target: int = 512) -> Path:
+def build_tiny_chat_model(
+    dest: Path,
+    seed: int = 0,
+    vocab_target: int = 512,
+    *,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    max_positions: int = 4096,
+) -> Path:
     """Build a tiny random ChatML Llama chat model and save it into ``dest``.
 
     Greedy replies are deterministic and never empty after ``strip()``:
@@ -110,6 +118,11 @@ def build_tiny_chat_model(dest: Path, seed: int = 0, vocab_target: int = 512) ->
 
     The same ``seed`` gives a byte-identical ``model.safetensors``; the global torch RNG
     is left untouched.
+
+    ``hidden_size`` / ``num_heads`` set the attention head size (default 64 / 4 = 16;
+    vLLM's CPU attention kernel needs at least 32, e.g. 128 / 4); the MLP is twice the
+    hidden size and there are half as many KV heads. ``max_positions`` is the context
+    length the config declares (vLLM refuses longer prompts).
     """
     import torch
     from transformers import (
@@ -145,12 +158,12 @@ def build_tiny_chat_model(dest: Path, seed: int = 0, vocab_target: int = 512) ->
 
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=bos_id,
         eos_token_id=eos_id,

@@ -87,13 +87,8 @@ def build_backend(settings: ESCSettings) -> JudgeBackend:
     args = parse_kv(settings.judge_args)
     if settings.judge == "none":
         raise ValueError("judge=none has no backend")
-    if settings.judge_backend == "hf":
-        return _hf_backend(settings.judge, args)
-    if settings.judge_backend == "openai":
-        return _openai_backend(settings.judge, args)
-    raise NotImplementedError(
-        f"judge_backend={settings.judge_backend} is not available yet; use judge_backend=hf, openai or judge=none"
-    )
+    builders = {"hf": _hf_backend, "openai": _openai_backend, "vllm": _vllm_backend}
+    return builders[settings.judge_backend](settings.judge, args)
 
 
 def _openai_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
@@ -135,23 +130,47 @@ def _openai_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
     return OpenAIChatJudge(**args, identity={"judge": judge})
 
 
-def _hf_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
-    from esc_guard_tasks.judges.hf_lora import HFLoraJudge
-
-    options = {k: args.pop(k) for k in ("dtype", "device", "batch_size", "score_mode", "max_new_tokens") if k in args}
+def _local_weights(judge: str, backend: str, args: dict[str, Any]) -> tuple[str, dict[str, str] | None, dict]:
+    """Pop the weight locations from ``args``: ESC-RANK's base + adapters (converted if needed), or one chat model."""
     if judge == "esc_rank":
         from esc_guard_tasks.esc_rank.checkpoints import resolve_esc_rank
 
-        base, adapters, identity = resolve_esc_rank(
+        return resolve_esc_rank(
             args.pop("pretrained", ESC_RANK_BASE),
             args.pop("adapters", ESC_RANK_ADAPTERS),
             revision=args.pop("revision", None),
             adapters_revision=args.pop("adapters_revision", None),
         )
-    else:
-        if "pretrained" not in args:
-            raise ValueError("judge=llm_rubric with judge_backend=hf needs judge_args pretrained=<chat model>")
-        base, adapters, identity = str(args.pop("pretrained")), None, {}
+    if "pretrained" not in args:
+        raise ValueError(f"judge=llm_rubric with judge_backend={backend} needs judge_args pretrained=<chat model>")
+    return str(args.pop("pretrained")), None, {}
+
+
+def _reject_unknown(backend: str, args: dict[str, Any], accepted: Sequence[str]) -> None:
     if args:
-        raise ValueError(f"unknown judge_args for the hf backend: {', '.join(sorted(args))}")
+        raise ValueError(
+            f"unknown judge_args for the {backend} backend: {', '.join(sorted(args))}"
+            f" (accepted: pretrained, adapters, revision, adapters_revision, {', '.join(accepted)})"
+        )
+
+
+def _hf_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
+    """transformers + peft in process: the base once, every adapter attached."""
+    from esc_guard_tasks.judges.hf_lora import HFLoraJudge
+
+    accepted = ("dtype", "device", "batch_size", "score_mode", "max_new_tokens")
+    options = {k: args.pop(k) for k in accepted if k in args}
+    base, adapters, identity = _local_weights(judge, "hf", args)
+    _reject_unknown("hf", args, accepted)
     return HFLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)
+
+
+def _vllm_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
+    """vLLM in process: ESC-RANK's base with all 14 adapters in one engine (multi-LoRA); llm_rubric: one model."""
+    from esc_guard_tasks.judges.vllm_lora import ENGINE_ARGS, VLLMLoraJudge
+
+    accepted = ("score_mode", "max_new_tokens", *ENGINE_ARGS)
+    options = {k: args.pop(k) for k in accepted if k in args}
+    base, adapters, identity = _local_weights(judge, "vllm", args)
+    _reject_unknown("vllm", args, accepted)
+    return VLLMLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)

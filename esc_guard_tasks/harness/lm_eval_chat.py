@@ -28,6 +28,7 @@ PER_REQUEST_SEED_BACKENDS = frozenset(
     {"vllm", "local-completions", "local-chat-completions", "openai-completions", "openai-chat-completions"}
 )
 HF_BACKENDS = frozenset({"hf", "hf-auto", "huggingface"})
+KEEP_LOADED_BACKENDS = frozenset({"vllm"})
 PLAIN_SPEAKER_TAGS = {"system": "", "user": "User: ", "assistant": "Assistant: "}
 
 
@@ -120,10 +121,15 @@ def role_player_lm(settings: ESCSettings, supporter: Any) -> Any:
 
 
 def release_role_players() -> None:
-    """Free the role-players once the dialogues are done, so the judge finds the memory free."""
+    """Free the role-players once the dialogues are done, so the judge finds the memory free.
+
+    vLLM role-players stay: tearing down one in-process vLLM engine breaks the others
+    (e.g. a vLLM supporter) in vLLM's one-process mode.
+    """
     import gc
 
-    _ROLE_PLAYERS.clear()
+    for key in [k for k in _ROLE_PLAYERS if json.loads(k)[0] not in KEEP_LOADED_BACKENDS]:
+        del _ROLE_PLAYERS[key]
     gc.collect()
     import torch
 

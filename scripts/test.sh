@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite on a bare machine (the README's test command; CI runs it too).
+# Three environments, because vLLM's CPU build and lmms-eval (without torchvision) each pin
+# dependency sets of their own; each step installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --test
+.venv/bin/pytest
+
+scripts/setup_vllm.sh
+.venv-vllm/bin/pytest -m vllm tests/test_vllm.py
