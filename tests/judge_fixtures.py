@@ -21,13 +21,15 @@ ADAPTER_KEYS = ["fluency", "diversity", "empathic", "suggestion", "human", "tech
 ADAPTER_FOLDERS = ADAPTER_KEYS + [f"{k}_en" for k in ADAPTER_KEYS]
 
 
-def build_tiny_judge(root: Path, digit_scale: float = 30.0) -> tuple[Path, Path]:
-    """(base folder, adapters folder) with one LoRA adapter per ESC-RANK folder name."""
+def build_tiny_judge(root: Path, digit_scale: float = 30.0, **model_shape: int) -> tuple[Path, Path]:
+    """(base folder, adapters folder) with one LoRA adapter per ESC-RANK folder name.
+
+    ``model_shape`` goes to ``build_tiny_chat_model`` (e.g. a head size vLLM's CPU kernel supports)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = build_tiny_chat_model(root / "base", seed=3)
+    base = build_tiny_chat_model(root / "base", seed=3, **model_shape)
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.bos_token = "<|endoftext|>"
     tokenizer.chat_template = INTERNLM2_CHAT_TEMPLATE

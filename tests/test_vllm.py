@@ -17,7 +17,6 @@ import importlib.util
 import json
 import math
 import os
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -104,16 +103,9 @@ def tiny_judge(tmp_path_factory) -> tuple[Path, Path]:
     """The 14-adapter tiny ESC-RANK of judge_fixtures, with a vLLM-compatible head size and context,
     and without the generation config's suppress_tokens (hf applies them, vLLM ignores them; the
     real ESC-RANK has none), so that both backends compute the same greedy continuation."""
-    import judge_fixtures
-    from tiny_models import build_tiny_chat_model
+    from judge_fixtures import build_tiny_judge
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            judge_fixtures,
-            "build_tiny_chat_model",
-            partial(build_tiny_chat_model, **VLLM_SHAPE, max_positions=JUDGE_CONTEXT),
-        )
-        base, adapters = judge_fixtures.build_tiny_judge(tmp_path_factory.mktemp("vllm_judge"))
+    base, adapters = build_tiny_judge(tmp_path_factory.mktemp("vllm_judge"), **VLLM_SHAPE, max_positions=JUDGE_CONTEXT)
     config_file = base / "generation_config.json"
     config = json.loads(config_file.read_text("utf-8"))
     config.pop("suppress_tokens", None)
@@ -124,16 +116,6 @@ def tiny_judge(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def adapters(tiny_judge) -> dict[str, str]:
     return {name: str(tiny_judge[1] / name) for name in ADAPTER_FOLDERS}
-
-
-@pytest.fixture(scope="module")
-def transcripts(esc_data) -> list[Transcript]:
-    loaded = []
-    for path in sorted((esc_data / "result").glob("*/*.json")):
-        language = "zh" if "zh" in path.name else "en"
-        for key, lines in json.loads(path.read_text("utf-8")).items():
-            loaded.append(Transcript.from_reference_lines(lines, int(key), language))
-    return loaded
 
 
 @pytest.fixture(scope="module")
