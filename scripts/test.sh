@@ -9,4 +9,4 @@ scripts/setup.sh --test
 .venv/bin/pytest
 
 scripts/setup_vllm.sh
-.venv-vllm/bin/pytest -m vllm tests/test_vllm.py
+.venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py
