@@ -8,6 +8,10 @@ that, once ``lm_eval.tasks.manager`` has been imported by someone else, makes ev
 ``TaskManager`` also scan our ``task_yamls/lm_eval`` folder, ahead of user ``--include_path``
 folders so that those can still override our tasks.
 
+The same hook makes lmms-eval's ``TaskManager`` (``lmms_eval.tasks``) scan ``task_yamls/lmms_eval``
+(:func:`esc_guard_tasks.harness.lmms_eval_discovery.patch_lmms_task_manager`; there our folder goes last,
+because lmms-eval keeps the first folder that defines a name).
+
 Opt out with ``ESC_GUARD_TASKS_AUTOLOAD=0``; ``--include_path "$(esc-guard task-dir)"``
 is the explicit alternative.
 """
@@ -24,6 +28,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+from esc_guard_tasks.harness.lmms_eval_discovery import patch_lmms_task_manager
 
 OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
 _PATCHED = "_esc_guard_tasks_include"
@@ -111,7 +117,11 @@ class _PostImportHooks(importlib.abc.MetaPathFinder):
         return None
 
 
-HOOKS: dict[str, Callable[[ModuleType], None]] = {"lm_eval.tasks.manager": patch_task_manager}
+HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "lm_eval.tasks.manager": patch_task_manager,
+    # lmms-eval: its TaskManager also scans task_dir("lmms_eval") (esc_guard_tasks.harness.lmms_eval_discovery)
+    "lmms_eval.tasks": patch_lmms_task_manager,
+}
 
 
 def install() -> None:

@@ -10,3 +10,6 @@ scripts/setup.sh --test
 
 scripts/setup_vllm.sh
 .venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py
+
+scripts/setup_lmms.sh
+.venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py

@@ -41,6 +41,17 @@ def test_wheel_contents(wheel):
         "esc_guard_tasks/mllmguard/templates.json",
         "esc_guard_tasks/esc_eval/demo_cards/card_demo_en.json",
         "esc_guard_tasks/esc_eval/demo_cards/card_demo_zh.json",
+        "esc_guard_tasks/task_yamls/lmms_eval/__init__.py",
+        "esc_guard_tasks/task_yamls/lmms_eval/mllmguard/_mllmguard_template_yaml",
+        "esc_guard_tasks/task_yamls/lmms_eval/mllmguard/_mllmguard_stub.jsonl",
+        "esc_guard_tasks/task_yamls/lmms_eval/mllmguard/README.md",
+        "esc_guard_tasks/task_yamls/lmms_eval/mllmguard/mllmguard.yaml",
+        "esc_guard_tasks/task_yamls/lmms_eval/mllmguard/mllmguard_truthfulness.yaml",
+        *(
+            f"esc_guard_tasks/task_yamls/lmms_eval/mllmguard/mllmguard_{name}.yaml"
+            for name in ("privacy", "bias", "toxicity", "legality")
+            + ("hallucination", "noise_injection", "position_swapping")
+        ),
     }
     assert expected <= names
     package = REPO / "esc_guard_tasks"
@@ -52,6 +63,8 @@ def test_wheel_contents(wheel):
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[lm_eval.tasks]" in text and "esc_guard_tasks = esc_guard_tasks.task_yamls.lm_eval" in text
+    assert "[lmms_eval.models]" in text
+    assert "hf_image_text = esc_guard_tasks.harness.lmms_eval_discovery:model_manifests" in text
 
 
 @pytest.mark.slow
