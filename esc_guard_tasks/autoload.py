@@ -9,8 +9,7 @@ that, once ``lm_eval.tasks.manager`` has been imported by someone else, makes ev
 folders so that those can still override our tasks.
 
 The same hook makes lmms-eval's ``TaskManager`` (``lmms_eval.tasks``) scan ``task_yamls/lmms_eval``
-(:func:`esc_guard_tasks.harness.lmms_eval_discovery.patch_lmms_task_manager`; there our folder goes last,
-because lmms-eval keeps the first folder that defines a name).
+(there our folder goes last, because lmms-eval keeps the first folder that defines a name).
 
 Opt out with ``ESC_GUARD_TASKS_AUTOLOAD=0``; ``--include_path "$(esc-guard task-dir)"``
 is the explicit alternative.
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
-import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -28,8 +26,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-
-from esc_guard_tasks.harness.lmms_eval_discovery import patch_lmms_task_manager
 
 OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
 _PATCHED = "_esc_guard_tasks_include"
@@ -47,36 +43,58 @@ def task_dir(harness: str = "lm_eval") -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / harness
 
 
-def _with_our_task_dir(include_path: object) -> list:
-    """``include_path`` as a list with our folder first (user folders keep precedence)."""
+def _same_path(a: object, b: Path) -> bool:
+    try:
+        return Path(os.fspath(a)).resolve() == b.resolve()
+    except (TypeError, OSError):
+        return False
+
+
+def with_task_dir(include_path: object, ours: Path, first: bool) -> list:
+    """``include_path`` as a list with ``ours`` added first or last (never twice)."""
     if include_path is None:
         paths: list = []
     elif isinstance(include_path, (list, tuple)):
         paths = list(include_path)
     else:
         paths = [include_path]
-    ours = task_dir()
-    if any(Path(p).resolve() == ours.resolve() for p in paths):
+    if any(_same_path(p, ours) for p in paths):
         return paths
-    return [ours, *paths]
+    return [ours, *paths] if first else [*paths, str(ours)]
 
 
-def patch_task_manager(module: ModuleType) -> None:
-    """Wrap ``module.TaskManager.__init__`` so it always scans our task folder."""
-    cls = getattr(module, "TaskManager", None)
-    if cls is None or getattr(cls, _PATCHED, False):
-        return
-    original = cls.__init__
-    signature = inspect.signature(original)
+def task_manager_patch(harness: str, first: bool) -> Callable[[ModuleType], None]:
+    """A hook that wraps ``module.TaskManager.__init__`` so it always scans ``task_dir(harness)``.
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces a dunder
-        bound = signature.bind(self, *args, **kwargs)
-        bound.arguments["include_path"] = _with_our_task_dir(bound.arguments.get("include_path"))
-        original(*bound.args, **bound.kwargs)
+    lm-eval lets later folders override earlier ones, so ours goes first there (a user's
+    ``--include_path`` still wins); lmms-eval keeps the first folder defining a name, so ours
+    goes last there. Idempotent; a TaskManager without ``include_path`` is left alone.
+    """
 
-    cls.__init__ = __init__
-    setattr(cls, _PATCHED, True)
+    def patch(module: ModuleType) -> None:
+        cls = getattr(module, "TaskManager", None)
+        if cls is None or getattr(cls, _PATCHED, False):
+            return
+        original = cls.__init__
+        signature = inspect.signature(original)
+        if "include_path" not in signature.parameters:
+            return
+
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):  # noqa: N807 - replaces a dunder
+            bound = signature.bind(self, *args, **kwargs)
+            ours = task_dir(harness)
+            bound.arguments["include_path"] = with_task_dir(bound.arguments.get("include_path"), ours, first)
+            original(*bound.args, **bound.kwargs)
+
+        cls.__init__ = __init__
+        setattr(cls, _PATCHED, True)
+
+    return patch
+
+
+patch_task_manager = task_manager_patch("lm_eval", first=True)
+patch_lmms_task_manager = task_manager_patch("lmms_eval", first=False)
 
 
 class _HookedLoader(importlib.abc.Loader):
@@ -119,7 +137,6 @@ class _PostImportHooks(importlib.abc.MetaPathFinder):
 
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "lm_eval.tasks.manager": patch_task_manager,
-    # lmms-eval: its TaskManager also scans task_dir("lmms_eval") (esc_guard_tasks.harness.lmms_eval_discovery)
     "lmms_eval.tasks": patch_lmms_task_manager,
 }
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from esc_guard_tasks.judges.base import JudgeRequest
+from esc_guard_tasks.judges.tokens import cut_at, label_token_ids, prompt_ids
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 SCORE_MODES = ("generate", "logits")
@@ -85,10 +86,7 @@ class HFLoraJudge:
 
     def render(self, request: JudgeRequest) -> list[int]:
         """Token ids of the request under the judge's own chat template (BOS exactly once)."""
-        text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return prompt_ids(self.tokenizer, request)
 
     def complete(self, requests: Sequence[JudgeRequest]) -> list[str]:
         by_adapter: dict[str, list[int]] = defaultdict(list)
@@ -137,23 +135,9 @@ class HFLoraJudge:
             )
         new_tokens = generated[:, padded["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [self._cut(text) for text in texts]
+        return [cut_at(text, self.stop_strings) for text in texts]
 
-    def _cut(self, text: str) -> str:
-        for stop in self.stop_strings:
-            text = text.split(stop, 1)[0]
-        return text
-
-    def _label_token_ids(self, prompt_ids: list[int]) -> list[int]:
-        """The single token each label is generated as, right after the generation prompt."""
+    def _label_token_ids(self, prompt: list[int]) -> list[int]:
         if self._label_ids is None:
-            prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-            base = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = []
-            for label in self.labels:
-                full = self.tokenizer(prompt + label, add_special_tokens=False)["input_ids"]
-                if full[: len(base)] != base or len(full) != len(base) + 1:
-                    raise ValueError(f"score_mode=logits needs single-token labels; {label!r} is not one here")
-                ids.append(full[-1])
-            self._label_ids = ids
+            self._label_ids = label_token_ids(self.tokenizer, prompt, self.labels)
         return self._label_ids

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from esc_guard_tasks.judges.base import JudgeRequest
+from esc_guard_tasks.judges.tokens import cut_at, label_token_ids, prompt_ids
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 SCORE_MODES = ("generate", "logits")
@@ -151,10 +152,7 @@ class VLLMLoraJudge:
 
     def render(self, request: JudgeRequest) -> list[int]:
         """Token ids of the request under the judge's own chat template (BOS exactly once)."""
-        text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return prompt_ids(self.tokenizer, request)
 
     def complete(self, requests: Sequence[JudgeRequest]) -> list[str]:
         """All requests in one engine call, each with its adapter's ``LoRARequest`` (None: the base model)."""
@@ -189,25 +187,9 @@ class VLLMLoraJudge:
         # Decoded here as hf_lora decodes (vLLM's incremental detokenizer withholds a trailing
         # incomplete UTF-8 sequence that a full decode renders as U+FFFD).
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
-        return [self._cut(decode(list(out.outputs[0].token_ids))) for out in outputs]
+        return [cut_at(decode(list(out.outputs[0].token_ids)), self.stop_strings) for out in outputs]
 
-    def _cut(self, text: str) -> str:
-        for stop in self.stop_strings:
-            text = text.split(stop, 1)[0]
-        return text
-
-    def _label_token_ids(self, prompt_ids: list[int]) -> list[int]:
-        """The single token each label is generated as, right after the generation prompt."""
+    def _label_token_ids(self, prompt: list[int]) -> list[int]:
         if self._label_ids is None:
-            prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-            base = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = []
-            for label in self.labels:
-                full = self.tokenizer(prompt + label, add_special_tokens=False)["input_ids"]
-                if full[: len(base)] != base or len(full) != len(base) + 1:
-                    raise ValueError(f"score_mode=logits needs single-token labels; {label!r} is not one here")
-                ids.append(full[-1])
-            if len(set(ids)) != len(ids):
-                raise ValueError(f"score_mode=logits needs distinct label tokens; got {ids} for {self.labels}")
-            self._label_ids = ids
+            self._label_ids = label_token_ids(self.tokenizer, prompt, self.labels)
         return self._label_ids
