@@ -177,8 +177,60 @@ def grown_vocab_size(adapter: Path, tensors: Mapping[str, Any], vocab_size: int)
     return size
 
 
-class GuardRankDecoder:
-    """LLaMA-2 sequence classifier (4 labels) + the GuardRank LoRA adapter, scoring as upstream ``decoder.py``."""
+class _BatchedClassifier:
+    """What both GuardRank classifiers share: upstream tokenisation (truncation, right padding) and
+    batched scoring in input order, longest first, one batch at a time (thread-safe)."""
+
+    kind: str  # "decoder" | "encoder": the section of the reference constants
+    tokenizer: Any
+    pad_id: int
+
+    def _configure(self, batch_size: int) -> dict[str, Any]:
+        ref = reference_constants()[self.kind]
+        self.num_labels = int(ref["num_labels"])
+        self.max_length = int(ref["max_length_tokens"])
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"GuardRank batch_size must be at least 1, got {batch_size}")
+        self._lock = threading.Lock()
+        return ref
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids as upstream: ``tokenizer(texts, max_length=…, truncation=True)``."""
+        return self.tokenizer(list(texts), max_length=self.max_length, truncation=True)["input_ids"]
+
+    def logits(self, texts: Sequence[str]):
+        """float32 [n, num_labels] outputs in input order."""
+        import torch
+
+        encoded = self.encode(texts)
+        out = torch.zeros(len(encoded), self.num_labels, dtype=torch.float32)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = max(len(encoded[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+                    mask[row, : len(encoded[i])] = 1
+                out[batch] = self._forward(input_ids, mask).float().cpu()
+        return out
+
+    def _forward(self, input_ids, mask):
+        raise NotImplementedError
+
+    def scores(self, texts: Sequence[str]) -> list[int]:
+        return first_max(self.logits(texts))
+
+
+class GuardRankDecoder(_BatchedClassifier):
+    """LLaMA-2 sequence classifier (4 labels) + the GuardRank LoRA adapter, scoring as upstream ``decoder.py``.
+
+    Input ids: the base tokenizer's, BOS added, no EOS, truncated to 512; right-padded with EOS."""
+
+    kind = "decoder"
 
     def __init__(
         self,
@@ -192,12 +244,7 @@ class GuardRankDecoder:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        ref = reference_constants()["decoder"]
-        self.num_labels = int(ref["num_labels"])
-        self.max_length = int(ref["max_length_tokens"])
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"GuardRank batch_size must be at least 1, got {batch_size}")
+        self._configure(batch_size)
         self.device = device or default_device()
         adapter = Path(adapter)
         tensors = load_tensors(adapter_weights_file(adapter), "GuardRank adapter")
@@ -233,7 +280,6 @@ class GuardRankDecoder:
             "head": self.head_source,
             "vocab_resized_to": self.vocab_resized_to,
         }
-        self._lock = threading.Lock()
 
     @property
     def inner(self):
@@ -270,41 +316,15 @@ class GuardRankDecoder:
             self.inner.score = fresh
         return "adapter (score.weight copied from the adapter file)"
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids as upstream: ``tokenizer(texts, max_length=512, truncation=True)`` (BOS added, no EOS)."""
-        return self.tokenizer(list(texts), max_length=self.max_length, truncation=True)["input_ids"]
-
-    def logits(self, texts: Sequence[str]):
-        """float32 [n, 4] logits in input order; batched longest-first (right padding, pad = eos)."""
+    def _forward(self, input_ids, mask):
         import torch
 
-        encoded = self.encode(texts)
-        out = torch.zeros(len(encoded), self.num_labels, dtype=torch.float32)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                out[batch] = self._forward([encoded[i] for i in batch]).float().cpu()
-        return out
-
-    def _forward(self, batch: list[list[int]]):
-        import torch
-
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
         device = self.inner.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         hidden = self.inner.model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         index = reference_pool_index(input_ids, self.pad_id)
-        pooled = hidden[torch.arange(len(batch), device=hidden.device), index.to(hidden.device)]
+        pooled = hidden[torch.arange(len(input_ids), device=hidden.device), index.to(hidden.device)]
         return self.inner.score(pooled)
-
-    def scores(self, texts: Sequence[str]) -> list[int]:
-        return first_max(self.logits(texts))
 
 
 def reference_pool_index(input_ids, pad_id: int):
@@ -370,8 +390,12 @@ def encoder_state_dict(raw: Mapping[str, Any], expected: Mapping[str, Any], path
     return tensors
 
 
-class GuardRankEncoder:
-    """RoBERTa-large pooled → Dropout(0.5) → Linear(1024, 2) → ReLU, scoring as upstream ``encoder.py``."""
+class GuardRankEncoder(_BatchedClassifier):
+    """RoBERTa-large pooled → Dropout(0.5) → Linear(1024, 2) → ReLU, scoring as upstream ``encoder.py``.
+
+    Input ids: ``<s> … </s>``, truncated to 256; right-padded."""
+
+    kind = "encoder"
 
     def __init__(
         self,
@@ -384,12 +408,7 @@ class GuardRankEncoder:
     ):
         from transformers import RobertaConfig, RobertaTokenizer
 
-        ref = reference_constants()["encoder"]
-        self.num_labels = int(ref["num_labels"])
-        self.max_length = int(ref["max_length_tokens"])
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"GuardRank batch_size must be at least 1, got {batch_size}")
+        ref = self._configure(batch_size)
         self.device = default_device() if device in (None, "auto") else device
         weights = Path(weights)
         raw = load_tensors(weights, "GuardRank hallucination weights")  # before building: fail fast
@@ -401,35 +420,10 @@ class GuardRankEncoder:
         module.load_state_dict(encoder_state_dict(raw, module.state_dict(), weights), strict=True)
         self.model = module.to(device=self.device, dtype=torch_dtype(dtype)).eval()
         self.info = {"base": str(base), "weights": str(weights), "dtype": dtype}
-        self._lock = threading.Lock()
+        self.pad_id = int(self.tokenizer.pad_token_id)
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids as upstream: ``tokenizer(texts, max_length=256, truncation=True)`` (``<s> … </s>``)."""
-        return self.tokenizer(list(texts), max_length=self.max_length, truncation=True)["input_ids"]
-
-    def logits(self, texts: Sequence[str]):
-        """float32 [n, 2] post-ReLU outputs in input order; batched longest-first with right padding."""
-        import torch
-
-        encoded = self.encode(texts)
-        out = torch.zeros(len(encoded), self.num_labels, dtype=torch.float32)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        pad = int(self.tokenizer.pad_token_id)
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                width = max(len(encoded[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                    mask[row, : len(encoded[i])] = 1
-                output = self.model(input_ids.to(self.device), mask.to(self.device))
-                out[batch] = output.float().cpu()
-        return out
-
-    def scores(self, texts: Sequence[str]) -> list[int]:
-        return first_max(self.logits(texts))
+    def _forward(self, input_ids, mask):
+        return self.model(input_ids.to(self.device), mask.to(self.device))
 
 
 # -- locating the weights --------------------------------------------------------------------------------------
