@@ -41,7 +41,7 @@ def dimension_scores(verdicts: list[dict[str, Any]]) -> dict[str, float]:
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     record = json.loads(results[0])
     judged = "verdicts" in record
-    transcript = Transcript.from_json(json.dumps(record["transcript"]) if judged else results[0])
+    transcript = Transcript.from_dict(record["transcript"] if judged else record)
     if transcript.card_id != doc["card_id"]:
         raise RuntimeError(f"transcript of card {transcript.card_id} was matched to card {doc['card_id']}")
     metrics = {"empty_turn_rate": empty_turn_rate(transcript)}

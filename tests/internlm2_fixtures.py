@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from judge_fixtures import INTERNLM2_CHAT_TEMPLATE
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -45,10 +46,7 @@ SPECIAL_TOKENS = [
     ("<|im_end|>", 2),
     ("<|im_start|>", 1),
 ]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
-    "+ '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = INTERNLM2_CHAT_TEMPLATE  # the tokenizer_config.json chat template of internlm2-chat-7b
 CORPUS = [
     "I have been feeling really anxious about my exams lately.",
     "It sounds like you are carrying a lot of pressure right now.",
@@ -186,34 +184,17 @@ def build_sp_model(path: Path, spec: TinySpec) -> int:
 
 def internlm2_config(spec: TinySpec, vocab_size: int) -> dict[str, Any]:
     """config.json as internlm2-chat-7b ships it, at toy size."""
-    return {
-        "architectures": ["InternLM2ForCausalLM"],
-        "attn_implementation": "eager",
-        "auto_map": {
-            "AutoConfig": "configuration_internlm2.InternLM2Config",
-            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
-            "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-        },
-        "bias": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "hidden_act": "silu",
+    return INTERNLM2_CHAT_7B_CONFIG | {
         "hidden_size": spec.hidden_size,
-        "initializer_range": 0.02,
         "intermediate_size": spec.intermediate_size,
         "max_position_embeddings": spec.max_position_embeddings,
-        "model_type": "internlm2",
         "num_attention_heads": spec.num_attention_heads,
         "num_hidden_layers": spec.num_hidden_layers,
         "num_key_value_heads": spec.num_key_value_heads,
-        "pad_token_id": 2,
         "rms_norm_eps": spec.rms_norm_eps,
         "rope_scaling": spec.rope_scaling,
         "rope_theta": spec.rope_theta,
-        "tie_word_embeddings": False,
         "torch_dtype": "float32",
-        "transformers_version": "4.41.0",
-        "use_cache": True,
         "vocab_size": vocab_size,
     }
 

@@ -194,7 +194,7 @@ def test_rescore_judges_saved_dialogues_in_the_harness_format(
         records = [json.loads(s["filtered_resps"][0]) for s in again.samples[task]]
         originals = first.transcripts(task)
         assert [r["transcript"] for r in records] == originals
-        direct = score_dialogues(judge, [Transcript.from_json(json.dumps(t)) for t in originals], "esc_rank")
+        direct = score_dialogues(judge, [Transcript.from_dict(t) for t in originals], "esc_rank")
         assert [[v["score"] for v in r["verdicts"]] for r in records] == [[v.score for v in d] for d in direct]
 
 

@@ -477,7 +477,7 @@ def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, esc_data
         assert 0 <= rows[task]["invalid_rate,none"] <= 1
     assert json.dumps(second.results["results"], sort_keys=True) == json.dumps(rows, sort_keys=True)
     record = json.loads(first.samples["esc_eval_en"][0]["filtered_resps"][0])
-    transcript = Transcript.from_json(json.dumps(record["transcript"]))
+    transcript = Transcript.from_dict(record["transcript"])
     for d, verdict in zip(dimensions(), record["verdicts"], strict=True):
         body = {"model": f"{d.key}_en", "messages": [{"content": judge_query(transcript, d)}]}
         assert verdict["raw"] == scripted(body) and verdict["score"] == expected_score(verdict["raw"])

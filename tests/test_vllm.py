@@ -279,6 +279,6 @@ def test_vllm_judge_through_lm_eval_gives_the_dimension_rows(lm_eval_runs, tiny_
     hf = HFLoraJudge(str(tiny_judge[0]), adapters, device="cpu", batch_size=1, max_new_tokens=1, labels=SCORE_LABELS)
     for task in ("esc_eval_en", "esc_eval_zh"):
         records = [json.loads(s["filtered_resps"][0]) for s in run.samples[task]]
-        dialogues = [Transcript.from_json(json.dumps(r["transcript"])) for r in records]
+        dialogues = [Transcript.from_dict(r["transcript"]) for r in records]
         direct = score_dialogues(hf, dialogues, "esc_rank")
         assert [[v["raw"] for v in r["verdicts"]] for r in records] == [[v.raw for v in d] for d in direct]

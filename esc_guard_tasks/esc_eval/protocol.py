@@ -106,9 +106,13 @@ class Transcript:
 
     @classmethod
     def from_json(cls, text: str) -> Transcript:
-        data = json.loads(text)
-        turns = [Turn(**t) for t in data.pop("turns")]
-        return cls(**data, turns=turns)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Transcript:
+        fields = dict(data)
+        turns = [Turn(**t) for t in fields.pop("turns")]
+        return cls(**fields, turns=turns)
 
 
 Message = dict[str, str]

@@ -1029,34 +1029,19 @@ def _build_tokenizer_json(
     # Every added token is matched on raw text before normalization, like the remote tokenizer
     # (which splits on them and hands each chunk to SentencePiece, dummy prefix included).
     in_order = sorted(added.items())
-    tok.add_special_tokens(
-        [
-            AddedToken(
-                e["content"],
-                single_word=e["single_word"],
-                lstrip=e["lstrip"],
-                rstrip=e["rstrip"],
-                normalized=False,
-                special=True,
-            )
-            for _, e in in_order
-            if e["special"]
-        ]
-    )
-    tok.add_tokens(
-        [
-            AddedToken(
-                e["content"],
-                single_word=e["single_word"],
-                lstrip=e["lstrip"],
-                rstrip=e["rstrip"],
-                normalized=False,
-                special=False,
-            )
-            for _, e in in_order
-            if not e["special"]
-        ]
-    )
+
+    def as_added(e: dict[str, Any]) -> AddedToken:
+        return AddedToken(
+            e["content"],
+            single_word=e["single_word"],
+            lstrip=e["lstrip"],
+            rstrip=e["rstrip"],
+            normalized=False,
+            special=e["special"],
+        )
+
+    tok.add_special_tokens([as_added(e) for _, e in in_order if e["special"]])
+    tok.add_tokens([as_added(e) for _, e in in_order if not e["special"]])
     # SentencePiece matches user-defined pieces atomically; so do non-special added tokens.
     tok.add_tokens(
         [

@@ -101,7 +101,7 @@ class ESCEvalTask(ConfigurableTask):
         judge = get_judge(self.settings)
         for key in self._instances[0].filtered_resps:
             records = [json.loads(instance.filtered_resps[key]) for instance in self._instances]
-            transcripts = [Transcript.from_json(json.dumps(r)) for r in records]
+            transcripts = [Transcript.from_dict(r) for r in records]
             log.info(
                 "Judging %d %s dialogues × 7 dimensions with %s",
                 len(transcripts),
