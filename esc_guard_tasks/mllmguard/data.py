@@ -18,10 +18,12 @@ Sources, first that applies:
    so ``main`` is the only revision that names the data we want. **On first hub access pin it to the full
    sha**: the loader logs the commit that ``main`` resolved to and returns it as ``LoadResult.revision``.
 
-CSV files are read with the standard ``csv`` module, not ``datasets``' csv builder or pandas: every cell
-stays the exact string in the file (pandas, under both, turns ``NA``/``None``/``null``/empty cells into
-NaN and infers types), a repeated header is an error instead of being renamed ``Image.1``, errors can
-name the exact data row and line, and no Arrow cache copy is written for a 20 kB file. Encoding UTF-8
+CSV files are read with the standard ``csv`` module, not ``datasets``' csv builder or pandas: a row with
+too few fields is an error (pandas, under both, silently pads it with empty cells, or NaN), every cell stays
+the exact string in the file (pandas turns ``NA``/``None``/``null``/empty cells into NaN and infers types
+unless told not to), a repeated header is an error instead of being renamed ``Image.1``, errors can name
+the exact data row and line, and no Arrow cache copy is written for a 20 kB file. The harness still gets a
+``datasets.Dataset`` (built from these rows by the lmms-eval bridge). Encoding UTF-8
 (a BOM is accepted); CRLF or LF; quoted multi-line cells are fine; blank lines are not rows.
 
 Columns are found by header NAME, never by position (the hub release dropped ``Source`` and renamed
