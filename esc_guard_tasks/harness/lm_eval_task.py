@@ -63,9 +63,19 @@ class ESCEvalTask(ConfigurableTask):
     def build_all_requests(
         self, *, system_instruction: str | None = None, apply_chat_template: bool = False, **kwargs: Any
     ) -> None:
-        super().build_all_requests(
-            system_instruction=system_instruction, apply_chat_template=apply_chat_template, **kwargs
-        )
+        try:
+            super().build_all_requests(
+                system_instruction=system_instruction, apply_chat_template=apply_chat_template, **kwargs
+            )
+        except ValueError:
+            world_size = kwargs.get("world_size") or 1
+            if world_size > 1 and not self._instances:  # lm-eval's "did not find any docs!", said for this run
+                raise ValueError(
+                    f"{self.config.task}: rank {kwargs.get('rank')} of {world_size} processes has no role card"
+                    f" (--limit {kwargs.get('limit')}); lm-eval deals the cards round-robin and every process needs"
+                    f" at least one: use --limit >= {world_size} or fewer processes"
+                ) from None
+            raise
         # Re-stamp every request with the current settings: lm-eval's --cache_requests key
         # ignores --metadata and --gen_kwargs, so cached instances may carry stale ones.
         supporter = {
