@@ -26,13 +26,14 @@ import pytest
 from harness_runs import run_cli, tiny_args
 from loopback_server import LoopbackChatServer, LoopbackHTTPError, chat_completion
 
+from esc_guard_tasks.chat_api import ChatAPIError, retry_after_seconds
 from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval.judging import build_backend, score_dialogues
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.rubric import dimensions, judge_query
 from esc_guard_tasks.esc_eval.settings import ESCSettings
 from esc_guard_tasks.judges.base import JudgeRequest
-from esc_guard_tasks.judges.openai_chat import JudgeAPIError, OpenAIChatJudge, retry_after_seconds
+from esc_guard_tasks.judges.openai_chat import OpenAIChatJudge
 
 FAST = {"retry_backoff": 0.01, "max_retry_wait": 0.05}
 FAST_ARGS = "retry_backoff=0.01,max_retry_wait=0.05"
@@ -241,7 +242,7 @@ def test_a_request_that_always_fails_raises_naming_endpoint_model_and_attempts(t
     started = time.monotonic()
     with LoopbackChatServer(reply) as server:
         judge, endpoint = esc_rank_judge(server.base_url, "max_retries=3"), server.chat_url
-        with pytest.raises(JudgeAPIError) as info:
+        with pytest.raises(ChatAPIError) as info:
             score_dialogues(judge, transcripts, "esc_rank")
         doomed_sent = sum(b["messages"][-1]["content"] == doomed for b in server.chat_bodies())
     elapsed = time.monotonic() - started
@@ -253,13 +254,13 @@ def test_a_request_that_always_fails_raises_naming_endpoint_model_and_attempts(t
 
 
 def test_an_unreachable_server_fails_after_the_retries():
-    """Connection refused on every attempt: JudgeAPIError after 1 + max_retries attempts, quickly."""
+    """Connection refused on every attempt: ChatAPIError after 1 + max_retries attempts, quickly."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     judge = OpenAIChatJudge(f"http://127.0.0.1:{port}/v1", max_retries=2, timeout=2, **FAST)
     started = time.monotonic()
-    with pytest.raises(JudgeAPIError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions.*3 attempts.*ConnectionError"):
+    with pytest.raises(ChatAPIError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions.*3 attempts.*ConnectionError"):
         judge.complete([JudgeRequest.chat([{"role": "user", "content": "q"}], "fluency")])
     assert time.monotonic() - started < 5
 
@@ -272,7 +273,7 @@ def test_a_4xx_other_than_429_fails_at_once():
 
     with LoopbackChatServer(reply) as server:
         judge = OpenAIChatJudge(server.base_url, **FAST)
-        with pytest.raises(JudgeAPIError, match="after 1 attempt: HTTP 404: The model `tech_en` does not exist"):
+        with pytest.raises(ChatAPIError, match="after 1 attempt: HTTP 404: The model `tech_en` does not exist"):
             judge.complete([JudgeRequest.chat([{"role": "user", "content": "q"}], "tech_en")])
         assert len(server.chat_bodies()) == 1
 
@@ -417,9 +418,9 @@ def test_api_key_reaches_the_server_and_nothing_else(monkeypatch, caplog):
     with RawHTTPServer(lambda i, h, b: script[i]) as server:
         judge = OpenAIChatJudge(server.base_url, max_retries=1, **FAST)
         assert judge.complete([request]) == ["2"]
-        with pytest.raises(JudgeAPIError) as retried:
+        with pytest.raises(ChatAPIError) as retried:
             judge.complete([request])
-        with pytest.raises(JudgeAPIError) as fatal:
+        with pytest.raises(ChatAPIError) as fatal:
             judge.complete([request])
         seen = list(server.seen)
     assert [h["authorization"] for h in seen] == [f"Bearer {SENTINEL}"] * 4

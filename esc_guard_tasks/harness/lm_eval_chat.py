@@ -19,6 +19,7 @@ from typing import Any
 
 from esc_guard_tasks.esc_eval.protocol import Message
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
+from esc_guard_tasks.harness.lm_eval_api import ChatAPISpeaker, is_chat_api
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -64,6 +65,8 @@ class LMEvalChatModel:
             until = list(self.gen_kwargs.get("until") or [])
             self.gen_kwargs["until"] = [*until, "\nUser:"]
         self._quiet = "disable_tqdm" in inspect.signature(lm.generate_until).parameters
+        # lm-eval's chat-completions backends go through the package's retrying client (see lm_eval_api)
+        self._api = ChatAPISpeaker(lm) if is_chat_api(lm) else None
 
     def _context(self, messages: list[Message]) -> Any:
         if self.use_chat_template:
@@ -84,6 +87,8 @@ class LMEvalChatModel:
         if self._before_call:
             self._before_call(self.calls)
         self.calls += 1
+        if self._api is not None:
+            return self._api.generate_until(requests)
         replies = self.lm.generate_until(requests, **({"disable_tqdm": True} if self._quiet else {}))
         return [str(r) for r in replies]
 
