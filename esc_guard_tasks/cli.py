@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--judge-args", default="", help="k=v,… as for lm_eval --model_args")
     again.add_argument("--output", type=Path, default=None, help="folder for results and samples (lm-eval layout)")
     again.set_defaults(run=_rescore)
+    from esc_guard_tasks import report
+
+    report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
     args = parser.parse_args(argv)
     return args.run(args)
 
