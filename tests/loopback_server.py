@@ -13,9 +13,11 @@ Usage::
     server.chat_bodies()  # every POST /v1/chat/completions body, in arrival order
 
 ``reply`` receives the parsed JSON body and returns either the assistant's text (wrapped
-into a standard chat-completion response) or a ``dict`` sent verbatim as the JSON response
-(malformed or unusual responses). It may raise ``LoopbackHTTPError`` to answer with an HTTP
-error status (fault injection); any other exception becomes a 500 and is kept in ``errors``.
+into a standard chat-completion response), a ``dict`` sent verbatim as the JSON response
+(malformed or unusual responses), or ``bytes`` sent verbatim as a 200 body (e.g. truncated
+JSON). It may raise ``LoopbackHTTPError`` to answer with an HTTP error status, or
+``LoopbackDroppedConnectionError`` to close the connection without answering (fault injection); any
+other exception becomes a 500 and is kept in ``errors``.
 A body whose ``messages`` is not a list of objects is recorded, then rejected with a 400, as
 the OpenAI API does, without calling ``reply``.
 Only loopback is ever bound; the port is ephemeral; the server stops on context exit.
@@ -24,6 +26,7 @@ Only loopback is ever bound; the port is ephemeral; the server stops on context 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -32,12 +35,20 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["CHAT_PATH", "MODELS_PATH", "LoopbackChatServer", "LoopbackHTTPError", "RecordedRequest", "Reply"]
+__all__ = [
+    "CHAT_PATH",
+    "MODELS_PATH",
+    "LoopbackChatServer",
+    "LoopbackDroppedConnectionError",
+    "LoopbackHTTPError",
+    "RecordedRequest",
+    "Reply",
+]
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 
-Reply = Callable[[dict[str, Any]], "str | dict[str, Any]"]
+Reply = Callable[[dict[str, Any]], "str | bytes | dict[str, Any]"]
 
 
 class LoopbackHTTPError(Exception):
@@ -47,6 +58,10 @@ class LoopbackHTTPError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class LoopbackDroppedConnectionError(Exception):
+    """Raise from a ``reply`` function to close the connection without sending any response."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +184,9 @@ def _handler_for(server: LoopbackChatServer) -> type[BaseHTTPRequestHandler]:
             pass  # keep test output clean
 
         def _send_json(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            self._send_raw(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+        def _send_raw(self, status: int, data: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
@@ -213,9 +230,16 @@ def _handler_for(server: LoopbackChatServer) -> type[BaseHTTPRequestHandler]:
             except LoopbackHTTPError as err:
                 self._send_error(err.status, err.message, "injected_error")
                 return
+            except LoopbackDroppedConnectionError:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             except Exception as err:  # noqa: BLE001 - a broken reply function must surface in the test, not hang it
                 server._record_error(err)
                 self._send_error(500, f"reply function raised {type(err).__name__}: {err}", "server_error")
+                return
+            if isinstance(answer, bytes):
+                self._send_raw(200, answer)
                 return
             self._send_json(200, answer if isinstance(answer, dict) else chat_completion(body, str(answer)))
 
