@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 from harness_runs import Run, read_run, run_cli, tiny_args
 from judge_fixtures import build_tiny_judge
+from test_vllm import ENGINE, VLLM_ENV, VLLM_SHAPE, kv, needs_vllm
+from tiny_models import build_tiny_chat_model
 
 pytestmark = pytest.mark.slow
 
 LAUNCHER = Path(__file__).with_name("cpu_data_parallel.py")
-TIMEOUT = 150  # seconds; one launch takes ~25 s on two shared cores
+TIMEOUT = 300  # seconds; one launch takes 25-60 s on two shared cores; a deadlock never ends
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], output: Path, cache: Path) -> subprocess.CompletedProcess:
-    """``accelerate launch --num_processes 2`` on CPU; the whole process group is killed on timeout."""
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
-        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-        *("--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())),
-        *(str(LAUNCHER), *args, "--output_path", str(output)),
-    ]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "ESC_GUARD_CACHE": str(cache)}
+def launch(args: list[str], output: Path, env: dict[str, str], processes: int = 2) -> subprocess.CompletedProcess:
+    """``accelerate launch --num_processes N`` on CPU (N = 1: plain python); the process group is killed on timeout."""
+    command = [sys.executable]
+    if processes > 1:
+        command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    command += [str(LAUNCHER), *args, "--output_path", str(output)]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"} | env
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -60,7 +62,7 @@ def launch(args: list[str], output: Path, cache: Path) -> subprocess.CompletedPr
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, _ = process.communicate()
-        pytest.fail(f"accelerate launch did not finish in {TIMEOUT} s (deadlock between ranks?)\n{out[-4000:]}")
+        pytest.fail(f"lm_eval on {processes} processes did not finish in {TIMEOUT} s (deadlock?)\n{out[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, out)
 
 
@@ -85,7 +87,7 @@ def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, esc_data, ju
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache_single"))
     single = run_cli(args, tmp_path / "single")
 
-    done = launch(args, tmp_path / "dp", tmp_path / "cache_dp")
+    done = launch(args, tmp_path / "dp", {"ESC_GUARD_CACHE": str(tmp_path / "cache_dp")})
     assert done.returncode == 0, done.stdout[-4000:]
     for shard in (2, 1):  # both ranks judged, uneven shards
         assert f"Judging {shard} esc_eval_en dialogues" in done.stdout, done.stdout[-4000:]
@@ -104,6 +106,28 @@ def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, esc_data, ju
 def test_a_rank_without_cards_fails_fast_naming_the_fix(tiny_model, esc_data, judge_args, tmp_path):
     """--limit 1 on two ranks leaves rank 1 without a card: the run fails within the timeout (no hang) with an error
     naming the task, the rank and what to change."""
-    done = launch(esc_args(tiny_model, esc_data, judge_args, limit=1), tmp_path / "dp", tmp_path / "cache")
+    args = esc_args(tiny_model, esc_data, judge_args, limit=1)
+    done = launch(args, tmp_path / "dp", {"ESC_GUARD_CACHE": str(tmp_path / "cache")})
     assert done.returncode != 0
     assert "esc_eval_en: rank 1 of 2 processes has no role card" in done.stdout, done.stdout[-4000:]
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sampling_vllm_role_player_on_two_ranks_equals_one_process(tiny_model, esc_data, tmp_path):
+    """Each rank builds its own vLLM role-player engine inside its accelerate process; the role-player samples
+    (default role_gen_kwargs) with a per-dialogue seed on each request, so 2 ranks with uneven shards give exactly
+    the dialogues of 1 process."""
+    role_model = build_tiny_chat_model(tmp_path / "vllm_model", **VLLM_SHAPE)
+    role = kv({"pretrained": role_model, "max_model_len": 4096} | ENGINE)
+    args = tiny_args(tiny_model, data_dir=str(esc_data), limit=3, role_model="vllm", role_model_args=role)
+    runs = {}
+    for processes in (1, 2):
+        env = VLLM_ENV | {"ESC_GUARD_CACHE": str(tmp_path / f"cache{processes}")}
+        done = launch([*args, "--apply_chat_template", "--log_samples"], tmp_path / str(processes), env, processes)
+        assert done.returncode == 0, done.stdout[-4000:]
+        assert done.stdout.count("Loading the role-player: vllm") == processes, done.stdout[-4000:]
+        runs[processes] = read_run(tmp_path / str(processes))
+    for task in ("esc_eval_en", "esc_eval_zh"):
+        assert sorted(by_doc(runs[2], task)) == [0, 1, 2]
+        assert by_doc(runs[2], task) == by_doc(runs[1], task)
