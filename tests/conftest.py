@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ESC_GUARD_SHARED", REPO.parent / "shared"))
 
 
+@pytest.fixture(autouse=True)
+def no_dialogue_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs generate their dialogues unless a test opts into the store (tests/test_resume.py):
+    a store shared across tests would answer a rerun without calling the models it checks."""
+    monkeypatch.setenv("ESC_EVAL_DIALOGUE_STORE", "none")
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "reference" / "esc_eval_prompts.json").is_file():

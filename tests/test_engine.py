@@ -15,7 +15,7 @@ class ScriptedSpeaker:
         self.name = name
         self.batches: list[list[list[dict]]] = []
 
-    def generate(self, conversations):
+    def generate(self, conversations, seeds):
         self.batches.append([list(c) for c in conversations])
         return [f" {self.name} r{len(self.batches)} d{i} " for i in range(len(conversations))]
 
@@ -65,8 +65,8 @@ def test_a_speaker_losing_replies_is_an_error():
     """A backend returning fewer replies than dialogues must not silently shift replies between dialogues."""
 
     class Lossy(ScriptedSpeaker):
-        def generate(self, conversations):
-            return super().generate(conversations)[:-1]
+        def generate(self, conversations, seeds):
+            return super().generate(conversations, seeds)[:-1]
 
     with pytest.raises(RuntimeError, match="returned 1 replies for 2 dialogues"):
         DialogueEngine(Lossy("seeker"), ScriptedSpeaker("supporter"), rounds=1).run(_setups(2))

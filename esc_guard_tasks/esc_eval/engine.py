@@ -4,14 +4,20 @@ The reference runs one dialogue at a time, one turn at a time. Here round r is o
 batched call to the role-player for every live dialogue, then one batched call to the
 supporter: ``2 × rounds`` calls in all, whatever the number of cards or languages.
 The engine knows nothing about harnesses: a speaker is anything with
-``generate(conversations) -> replies`` (see ``ChatModel``).
+``generate(conversations, seeds) -> replies`` (see ``ChatModel``).
+
+With a ``DialogueStore`` every speaker batch is persisted before the next one starts,
+and a run resumes from what is stored: each batch holds only the dialogues that still
+need that turn, so a restarted run generates exactly the missing turns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import logging
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from esc_guard_tasks.esc_eval.protocol import (
     Card,
@@ -22,12 +28,20 @@ from esc_guard_tasks.esc_eval.protocol import (
     role_player_messages,
     supporter_messages,
 )
+from esc_guard_tasks.esc_eval.store import DialogueStore, dialogue_key
+
+log = logging.getLogger("lm_eval.esc_guard_tasks")
 
 
 class ChatModel(Protocol):
-    """One speaker: replies to a batch of chat histories, one reply per history, in order."""
+    """One speaker: replies to a batch of chat histories, one reply per history, in order.
 
-    def generate(self, conversations: Sequence[list[Message]]) -> list[str]: ...
+    ``seeds`` has one entry per history, fixed by the dialogue and the turn index: a speaker
+    that samples draws from it, so a turn does not depend on which other dialogues share
+    the batch, nor on whether the run was resumed.
+    """
+
+    def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -42,30 +56,87 @@ class DialogueSetup:
 ProgressCallback = Callable[[int, Speaker], None]
 
 
+def dialogue_seed(run_seed: int, card: Card) -> int:
+    """A per-dialogue seed that does not depend on which other cards share the batch."""
+    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}".encode())
+
+
+def turn_seed(dialogue: int, turn_index: int) -> int:
+    return (dialogue + 1_000_003 * turn_index) % 2**31
+
+
 @dataclass
 class DialogueEngine:
     role_player: ChatModel
     supporter: ChatModel
     rounds: int
+    seed: int = 0
+    store: DialogueStore | None = None
+    # Everything besides card, seed and prompts that determines a dialogue (both speakers and
+    # their settings): part of every stored turn's key, so changed settings never re-use turns.
+    identity: Mapping[str, Any] = field(default_factory=dict)
 
     def run(self, setups: Sequence[DialogueSetup], on_turn: ProgressCallback | None = None) -> list[Transcript]:
         transcripts = [Transcript.start(s.card) for s in setups]
         if not setups:
             return transcripts
+        keys = [dialogue_key(self.identity, self.seed, s.card, s.supporter_system_prompt) for s in setups]
+        if self.store is not None:
+            self._resume(self.store, transcripts, keys)
+        seeds = [dialogue_seed(self.seed, s.card) for s in setups]
         for round_index in range(self.rounds):
-            views = [role_player_messages(s.card, t) for s, t in zip(setups, transcripts, strict=True)]
-            self._append(transcripts, "seeker", self.role_player.generate(views))
-            if on_turn:
-                on_turn(round_index, "seeker")
-            views = [supporter_messages(s.supporter_system_prompt, t) for s, t in zip(setups, transcripts, strict=True)]
-            self._append(transcripts, "supporter", self.supporter.generate(views))
-            if on_turn:
-                on_turn(round_index, "supporter")
+            for speaker in ("seeker", "supporter"):
+                turn = 2 * round_index + (speaker == "supporter")
+                pending = [i for i, t in enumerate(transcripts) if len(t.turns) == turn]
+                if pending:
+                    self._speak(
+                        speaker,
+                        turn,
+                        [setups[i] for i in pending],
+                        [transcripts[i] for i in pending],
+                        [seeds[i] for i in pending],
+                        [keys[i] for i in pending],
+                    )
+                if on_turn:
+                    on_turn(round_index, speaker)
         return transcripts
 
-    @staticmethod
-    def _append(transcripts: list[Transcript], speaker: Speaker, replies: list[str]) -> None:
+    def _resume(self, store: DialogueStore, transcripts: list[Transcript], keys: list[str]) -> None:
+        stored = store.load(keys)
+        for transcript, key in zip(transcripts, keys, strict=True):
+            transcript.turns.extend(stored.get(key, [])[: 2 * self.rounds])
+        resumed = sum(len(t.turns) for t in transcripts)
+        complete = sum(len(t.turns) == 2 * self.rounds for t in transcripts)
+        log.info(
+            "Resumed %d of %d turns from the %s (%d of %d dialogues complete)",
+            resumed,
+            2 * self.rounds * len(transcripts),
+            store,
+            complete,
+            len(transcripts),
+        )
+
+    def _speak(
+        self,
+        speaker: Speaker,
+        turn: int,
+        setups: list[DialogueSetup],
+        transcripts: list[Transcript],
+        seeds: list[int],
+        keys: list[str],
+    ) -> None:
+        """One batched call for one speaker's turn ``turn`` of the given dialogues, then persisted."""
+        if speaker == "seeker":
+            model = self.role_player
+            views = [role_player_messages(s.card, t) for s, t in zip(setups, transcripts, strict=True)]
+        else:
+            model = self.supporter
+            views = [supporter_messages(s.supporter_system_prompt, t) for s, t in zip(setups, transcripts, strict=True)]
+        replies = model.generate(views, [turn_seed(seed, turn) for seed in seeds])
         if len(replies) != len(transcripts):
             raise RuntimeError(f"the {speaker} returned {len(replies)} replies for {len(transcripts)} dialogues")
-        for transcript, reply in zip(transcripts, replies, strict=True):
-            transcript.turns.append(Turn(speaker, reply.strip()))
+        new = [Turn(speaker, reply.strip()) for reply in replies]
+        for transcript, t in zip(transcripts, new, strict=True):
+            transcript.turns.append(t)
+        if self.store is not None:
+            self.store.save([(key, turn, t) for key, t in zip(keys, new, strict=True)])

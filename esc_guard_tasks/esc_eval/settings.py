@@ -58,6 +58,9 @@ class ESCSettings:
     judge: str = "esc_rank"
     judge_backend: str = "hf"
     judge_args: str = ""
+    # The SQLite file finished turns are persisted to (resume after a crash); None: the
+    # default file in the cache folder; "none": no persistence.
+    dialogue_store: str | None = None
 
     @classmethod
     def from_sources(cls, metadata: Mapping[str, Any], environ: Mapping[str, str]) -> ESCSettings:

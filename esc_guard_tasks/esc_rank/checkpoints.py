@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from esc_guard_tasks.cache_dir import cache_dir
+
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ESC_GUARD_CACHE", Path.home() / ".cache" / "esc_guard_tasks")) / "esc_rank"
+    return cache_dir() / "esc_rank"
 
 
 def local_folder(name_or_path: str, revision: str | None, what: str) -> Path:

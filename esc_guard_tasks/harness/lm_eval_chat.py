@@ -14,8 +14,9 @@ import inspect
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+import zlib
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from esc_guard_tasks.esc_eval.protocol import Message
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
@@ -45,22 +46,25 @@ def plain_transcript(messages: Sequence[Message]) -> str:
 
 
 class LMEvalChatModel:
-    """A ``ChatModel`` over an lm-eval LM: one ``generate_until`` call per batch of histories."""
+    """A ``ChatModel`` over an lm-eval LM: one ``generate_until`` call per batch of histories.
+
+    ``seeding`` says how the engine's per-dialogue, per-turn seeds reach the backend:
+    ``"request"`` as a ``seed`` generation kwarg of each request (vLLM, OpenAI-compatible
+    APIs), ``"global"`` by seeding the in-process RNGs (hf) before the call with a seed
+    derived from the whole batch's seeds, so the same batch always samples the same replies.
+    """
 
     def __init__(
         self,
         lm: Any,
         gen_kwargs: dict[str, Any],
         use_chat_template: bool = True,
-        seed_requests: Callable[[int, int], dict[str, Any]] | None = None,
-        before_call: Callable[[int], None] | None = None,
+        seeding: Literal["request", "global"] = "global",
     ):
         self.lm = lm
         self.gen_kwargs = dict(gen_kwargs)
         self.use_chat_template = use_chat_template
-        self._seed_requests = seed_requests
-        self._before_call = before_call
-        self.calls = 0
+        self.seeding = seeding
         if not use_chat_template:
             until = list(self.gen_kwargs.get("until") or [])
             self.gen_kwargs["until"] = [*until, "\nUser:"]
@@ -73,20 +77,19 @@ class LMEvalChatModel:
             return self.lm.apply_chat_template(messages, add_generation_prompt=True)
         return plain_transcript(messages)
 
-    def generate(self, conversations: Sequence[list[Message]]) -> list[str]:
+    def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
         from lm_eval.api.instance import Instance
 
         requests = []
-        for index, messages in enumerate(conversations):
+        for messages, seed in zip(conversations, seeds, strict=True):
             kwargs = copy.deepcopy(self.gen_kwargs)
-            if self._seed_requests:
-                kwargs.update(self._seed_requests(self.calls, index))
+            if self.seeding == "request":
+                kwargs["seed"] = seed
             requests.append(
                 Instance(request_type="generate_until", doc={}, arguments=(self._context(messages), kwargs), idx=0)
             )
-        if self._before_call:
-            self._before_call(self.calls)
-        self.calls += 1
+        if self.seeding == "global":
+            seed_everything(zlib.crc32(json.dumps(list(seeds)).encode()))
         if self._api is not None:
             return self._api.generate_until(requests)
         replies = self.lm.generate_until(requests, **({"disable_tqdm": True} if self._quiet else {}))
@@ -142,23 +145,10 @@ def release_role_players() -> None:
         torch.cuda.empty_cache()
 
 
-def role_player_chat(settings: ESCSettings, supporter: Any, seeds: Sequence[int]) -> LMEvalChatModel:
-    """The role-player as a speaker, seeded so its sampled turns are reproducible.
-
-    ``seeds`` has one entry per dialogue (derived from the card and the run seed), so
-    per-request seeding backends give the same turn whatever the batch holds; hf-like
-    backends are seeded globally before each round's batch instead.
-    """
-    lm = role_player_lm(settings, supporter)
-    if settings.role_model in PER_REQUEST_SEED_BACKENDS:
-
-        def seed_requests(call: int, index: int) -> dict[str, Any]:
-            return {"seed": (seeds[index] + 1_000_003 * call) % 2**31}
-
-        return LMEvalChatModel(lm, settings.role_gen_kwargs, seed_requests=seed_requests)
-    return LMEvalChatModel(
-        lm, settings.role_gen_kwargs, before_call=lambda call: seed_everything(settings.seed * 1_000_003 + call)
-    )
+def role_player_chat(settings: ESCSettings, supporter: Any) -> LMEvalChatModel:
+    """The role-player as a speaker, seeded so its sampled turns are reproducible."""
+    seeding = "request" if settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+    return LMEvalChatModel(role_player_lm(settings, supporter), settings.role_gen_kwargs, seeding=seeding)
 
 
 def _device_of(lm: Any) -> str:

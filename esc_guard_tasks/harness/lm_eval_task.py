@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -26,13 +25,13 @@ from esc_guard_tasks.esc_eval.cards import card_from_doc
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import (
-    Card,
     Speaker,
     Transcript,
     default_supporter_system_prompt,
     role_player_system_prompt,
 )
-from esc_guard_tasks.esc_eval.settings import ESCSettings
+from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
+from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, release_role_players, role_player_chat
 
 REQUEST_TYPE = "esc_dialogue"
@@ -82,6 +81,7 @@ class ESCEvalTask(ConfigurableTask):
             "system_prompt": default_supporter_system_prompt() if system_instruction is None else system_instruction,
             "gen_kwargs": dict(self.config.generation_kwargs or {}),
             "chat_template": bool(apply_chat_template),
+            "model_args": self._supporter_model_args(),
         }
         for instance in self._instances:
             instance.request_type = REQUEST_TYPE
@@ -95,8 +95,15 @@ class ESCEvalTask(ConfigurableTask):
             "role_model": s.role_model,
             "role_model_args": s.role_model_args,
             "role_gen_kwargs": s.role_gen_kwargs,
+            "dialogue_store": s.dialogue_store,
             "supporter": supporter,
         }
+
+    def _supporter_model_args(self) -> dict[str, Any]:
+        """``--model_args`` as lm-eval merged them into the task metadata (minus this task's own keys and
+        secrets): part of the dialogue store key, so another supporter never re-uses stored turns."""
+        own = {*ESCSettings.__dataclass_fields__, "esc_eval", "config_source"}  # config_source: the YAML's path
+        return public_args({k: v for k, v in (self.config.metadata or {}).items() if k not in own})
 
     def apply_filters(self) -> None:
         """After the dialogues: judge all of this task's transcripts in one batched pass.
@@ -126,11 +133,6 @@ class ESCEvalTask(ConfigurableTask):
 
     def construct_requests(self, doc: dict[str, Any], ctx: str, **kwargs: Any) -> Instance:
         return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, {}), idx=0, metadata=kwargs["metadata"])
-
-
-def dialogue_seed(run_seed: int, card: Card) -> int:
-    """A per-dialogue seed that does not depend on which other cards share the batch."""
-    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}".encode())
 
 
 def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
@@ -166,7 +168,7 @@ def _require_text_backend(lm: Any) -> None:
 
 
 def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
-    """One engine run over requests that share their settings."""
+    """One engine run over requests that share their settings, resumed from the dialogue store."""
     spec = requests[0].args[1]
     settings = ESCSettings(
         role_model=spec["role_model"],
@@ -177,19 +179,40 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
     )
     supporter = spec["supporter"]
     cards = [card_from_doc(r.doc) for r in requests]
+    identity = {
+        "role_player": {
+            "backend": settings.role_model,
+            "model_args": public_args(parse_kv(settings.role_model_args)),
+            "gen_kwargs": settings.role_gen_kwargs,
+        },
+        "supporter": {
+            "backend": f"{type(lm).__module__}.{type(lm).__qualname__}",
+            "model_args": supporter["model_args"],
+            "gen_kwargs": supporter["gen_kwargs"],
+            "chat_template": supporter["chat_template"],
+        },
+    }
+    store = open_store(spec["dialogue_store"])
     engine = DialogueEngine(
-        role_player=role_player_chat(settings, lm, [dialogue_seed(settings.seed, c) for c in cards]),
+        role_player=role_player_chat(settings, lm),
         supporter=LMEvalChatModel(lm, supporter["gen_kwargs"], use_chat_template=supporter["chat_template"]),
         rounds=settings.rounds,
+        seed=settings.seed,
+        store=store,
+        identity=identity,
     )
     setups = [DialogueSetup(card, supporter["system_prompt"]) for card in cards]
-    with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
+    try:
+        with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
 
-        def on_turn(round_index: int, speaker: Speaker) -> None:
-            bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
-            bar.update(1)
+            def on_turn(round_index: int, speaker: Speaker) -> None:
+                bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
+                bar.update(1)
 
-        return engine.run(setups, on_turn)
+            return engine.run(setups, on_turn)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def install_request_type() -> None:

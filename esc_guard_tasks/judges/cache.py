@@ -1,7 +1,11 @@
 """A persistent judge cache: an SQLite file, keyed on judge identity + adapter + exact input.
 
 Judging is the expensive part of a rerun (7 LoRA passes per dialogue); the same inputs
-to the same judge give the same greedy reply, so they are served from disk.
+to the same judge give the same greedy reply, so they are served from disk. Replies are
+committed chunk by chunk (one transaction each, WAL journal), so a run killed while judging
+keeps every finished chunk. Chunks are cut from the full request list in a fixed order
+(by adapter, longest input first), so a resumed run sends the backend the same batches
+as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -9,21 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from esc_guard_tasks.cache_dir import cache_dir
 from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest, JudgeStats
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
 
+# Requests per committed chunk for backends without a batch size of their own (vLLM, APIs).
+DEFAULT_CHUNK = 256
+
+
 def default_cache_path() -> Path:
-    root = Path(os.environ.get("ESC_GUARD_CACHE", Path.home() / ".cache" / "esc_guard_tasks"))
-    return root / "judge_cache.sqlite"
+    return cache_dir() / "judge_cache.sqlite"
 
 
 def request_key(identity: dict[str, Any], request: JudgeRequest) -> str:
@@ -39,9 +46,11 @@ class CachedJudge:
         self.path = path or default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # A long timeout: data-parallel ranks write to the same file.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=120)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        self._db.commit()
         self.stats = JudgeStats()
 
     def identity(self) -> dict[str, Any]:
@@ -52,19 +61,31 @@ class CachedJudge:
         keys = [request_key(identity, r) for r in requests]
         with self._lock:
             found = dict(self._lookup(keys))
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        if missing:
+        hits = sum(key in found for key in keys)
+        for chunk in self._chunks(requests):
+            missing = list({keys[i]: i for i in chunk if keys[i] not in found}.values())
+            if not missing:
+                continue
             replies = self.backend.complete([requests[i] for i in missing])
             fresh = dict(zip([keys[i] for i in missing], replies, strict=True))
-            with self._lock:
+            with self._lock, self._db:  # one transaction per chunk
                 self._db.executemany("INSERT OR REPLACE INTO replies VALUES (?, ?)", list(fresh.items()))
             found.update(fresh)
-        hits = len(requests) - len(missing)
         self.stats.requests += len(requests)
         self.stats.cache_hits += hits
         if hits:
             log.info("Judge cache %s: %d of %d replies re-used", self.path, hits, len(requests))
         return [found[key] for key in keys]
+
+    def _chunks(self, requests: Sequence[JudgeRequest]) -> list[list[int]]:
+        """Request indices in commit-sized chunks: one model batch for backends with a ``batch_size``."""
+        size = getattr(self.backend, "batch_size", None)
+        size = size if isinstance(size, int) and size > 0 else DEFAULT_CHUNK
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (requests[i].adapter, -sum(len(m["content"]) for m in requests[i].messages)),
+        )
+        return [order[start : start + size] for start in range(0, len(order), size)]
 
     def _lookup(self, keys: list[str]) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []

@@ -1,0 +1,100 @@
+"""Persisted dialogue turns, so a killed run resumes where it stopped.
+
+Every turn is stored under the fingerprint of everything that determines its dialogue
+(``dialogue_key``) and its index, in one SQLite transaction per speaker batch (WAL
+journal: a SIGKILL leaves either the whole batch or none of it). The number of rounds is
+not part of the key: turn ``i`` does not depend on how many rounds follow it, so a
+3-round run re-uses the first 6 turns of a 5-round one and a 5-round run extends a 3-round one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from esc_guard_tasks.cache_dir import cache_dir
+from esc_guard_tasks.esc_eval.protocol import Card, Turn, prompts
+
+# Bump when the engine's way of turning a history into a turn changes.
+STORE_FORMAT = 1
+STORE_OFF = "none"
+
+
+def dialogue_key(identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str) -> str:
+    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts."""
+    payload = [STORE_FORMAT, prompts(), dict(identity), seed, asdict(card), supporter_system_prompt]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+class DialogueStore(Protocol):
+    """Where the engine keeps finished turns; ``save`` must be atomic (all turns of a batch or none)."""
+
+    def load(self, keys: Sequence[str]) -> dict[str, list[Turn]]:
+        """The stored turns of each known dialogue, in order."""
+        ...
+
+    def save(self, turns: Sequence[tuple[str, int, Turn]]) -> None:
+        """Persist ``(dialogue key, turn index, turn)`` triples in one transaction."""
+        ...
+
+
+class SQLiteDialogueStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A long timeout: data-parallel ranks write to the same file.
+        self._db = sqlite3.connect(self.path, timeout=120)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
+            " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))"
+        )
+        self._db.commit()
+
+    def __repr__(self) -> str:
+        return f"dialogue store {self.path}"
+
+    def load(self, keys: Sequence[str]) -> dict[str, list[Turn]]:
+        found: dict[str, list[Turn]] = {}
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT dialogue, turn, speaker, text FROM turns WHERE dialogue IN ({','.join('?' * len(chunk))})"
+                " ORDER BY dialogue, turn",
+                chunk,
+            ).fetchall()
+            for key, index, speaker, text in rows:
+                turns = found.setdefault(key, [])
+                expected = "seeker" if index % 2 == 0 else "supporter"
+                if index != len(turns) or speaker != expected:
+                    raise ValueError(
+                        f"{self}: dialogue {key[:12]}… has turn {index} ({speaker}) where turn {len(turns)}"
+                        f" ({expected}) belongs; delete the file to start afresh"
+                    )
+                turns.append(Turn(speaker, text))
+        return found
+
+    def save(self, turns: Sequence[tuple[str, int, Turn]]) -> None:
+        with self._db:  # one transaction: committed on exit, rolled back on error
+            self._db.executemany(
+                "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?)",
+                [(key, index, turn.speaker, turn.text) for key, index, turn in turns],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(location: str | None) -> SQLiteDialogueStore | None:
+    """``None``: ``dialogues.sqlite`` in the cache folder; ``"none"``: no persistence; else a file path."""
+    if location is not None and location.strip().lower() == STORE_OFF:
+        return None
+    return SQLiteDialogueStore(
+        Path(location).expanduser() if location and location.strip() else cache_dir() / "dialogues.sqlite"
+    )
