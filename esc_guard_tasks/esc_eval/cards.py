@@ -41,6 +41,8 @@ def parse_cards(text: str, source: str, language: Language) -> list[Card]:
         records = json.loads(text)
     except json.JSONDecodeError as err:
         raise CardError(f"{source}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise CardError(f"{source}: not usable JSON (nested too deeply)") from None
     if not isinstance(records, list):
         raise CardError(f"{source}: expected a JSON array of role cards, got {type(records).__name__}")
     cards: list[Card] = []
@@ -69,6 +71,9 @@ def _parse_record(record: Any, where: str, language: Language) -> Card:
     base = record["base"]
     if not isinstance(base, str) or not base.strip():
         raise CardError(f"{where}: 'base' must be a non-empty string")
+    for key in ("base", "source", "res"):
+        if isinstance(record.get(key), str) and not _encodable(record[key]):
+            raise CardError(f"{where}: '{key}' is not valid Unicode (a lone surrogate such as \\ud800)")
     if record["language"] != CARD_LANGUAGE[language]:
         raise CardError(
             f"{where}: 'language' is {record['language']!r}, expected {CARD_LANGUAGE[language]!r} for this file"
@@ -77,6 +82,15 @@ def _parse_record(record: Any, where: str, language: Language) -> Card:
         if not isinstance(record.get(key, ""), str):
             raise CardError(f"{where}: '{key}' must be a string")
     return Card(id=card_id, language=language, base=base, source=record.get("source", ""), topic=record.get("res", ""))
+
+
+def _encodable(text: str) -> bool:
+    """False for strings JSON escapes can make but no model, tokenizer or HTTP body can carry (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_card_file(path: Path, language: Language) -> list[Card]:

@@ -358,8 +358,11 @@ def check_image(path: str | os.PathLike, mode: ImageCheck = "verify") -> None:
     path = Path(path)
     if mode not in ("verify", "decode"):
         raise ValueError(f"image_check must be 'verify' or 'decode', got {mode!r}")
-    if not path.exists():
-        raise _RowError(f"image not found: {path}")
+    try:
+        if not path.exists():
+            raise _RowError(f"image not found: {path}")
+    except (OSError, ValueError) as err:  # a name too long for the file system, an embedded NUL
+        raise _RowError(f"unusable image path {str(path)!r} ({type(err).__name__}: {err})") from None
     if not path.is_file():
         raise _RowError(f"image path is not a file: {path}")
     try:

@@ -349,7 +349,7 @@ def allowed_scores(dimension: str) -> tuple[int, ...]:
 def parse_label(reply: str, dimension: str) -> int | None:
     """A classifier's label text → its score (None if it is not an allowed label: never happens in practice)."""
     text = str(reply).strip()
-    return int(text) if text.isdigit() and int(text) in allowed_scores(dimension) else None
+    return int(text) if text in {str(score) for score in allowed_scores(dimension)} else None
 
 
 # -- the LLM judge -------------------------------------------------------------------------------------------
