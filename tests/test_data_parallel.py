@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from harness_runs import Run, read_run, run_cli, tiny_args
-from judge_fixtures import build_tiny_judge
+from internlm2_fixtures import TinySpec, build_adapter, build_internlm2
+from judge_fixtures import ADAPTER_FOLDERS, build_tiny_judge
 from test_vllm import ENGINE, VLLM_ENV, VLLM_SHAPE, kv, needs_vllm
 from tiny_models import build_tiny_chat_model
 
@@ -110,6 +111,40 @@ def test_a_rank_without_cards_fails_fast_naming_the_fix(tiny_model, esc_data, ju
     done = launch(args, tmp_path / "dp", {"ESC_GUARD_CACHE": str(tmp_path / "cache")})
     assert done.returncode != 0
     assert "esc_eval_en: rank 1 of 2 processes has no role card" in done.stdout, done.stdout[-4000:]
+
+
+# A rank resolving ESC-RANK, with the conversion counted (one line per start) and slowed down so that ranks overlap.
+RESOLVE_AS_A_RANK = """
+import sys, time
+import esc_guard_tasks.esc_rank.convert as convert
+from esc_guard_tasks.esc_rank.checkpoints import resolve_esc_rank
+
+real = convert.convert_esc_rank
+def counted(*args, **kwargs):
+    with open(sys.argv[3], "a") as log:
+        log.write("converted\\n")
+    time.sleep(3)
+    return real(*args, **kwargs)
+convert.convert_esc_rank = counted
+print(resolve_esc_rank(sys.argv[1], sys.argv[2])[0])
+"""
+
+
+def test_ranks_resolving_an_internlm2_judge_at_once_convert_it_once(tmp_path):
+    """Two processes resolving the same InternLM2 ESC-RANK at the same time (as data-parallel ranks do) convert it
+    once: the other waits and uses that conversion, instead of loading the base a second time."""
+    base = tmp_path / "internlm2-chat-7b"
+    config, _ = build_internlm2(base, TinySpec(max_position_embeddings=8192, rope_scaling=None))
+    for seed, folder in enumerate(ADAPTER_FOLDERS):
+        build_adapter(tmp_path / "ESC-RANK" / folder, base, config, seed=seed)
+    log = tmp_path / "conversions.log"
+    env = os.environ | {"ESC_GUARD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", RESOLVE_AS_A_RANK, str(base), str(tmp_path / "ESC-RANK"), str(log)]
+    ranks = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [rank.communicate(timeout=TIMEOUT)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0]
+    assert outputs[0] == outputs[1] and Path(outputs[0].strip(), "config.json").is_file()
+    assert log.read_text().count("converted") == 1
 
 
 @pytest.mark.vllm

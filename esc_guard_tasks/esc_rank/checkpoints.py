@@ -80,5 +80,12 @@ def resolve_esc_rank(
     digest = hashlib.sha256(json.dumps([str(base.resolve()), str(adapter_root.resolve()), "rope=drop"]).encode())
     target = cache_root() / digest.hexdigest()[:16]
     if not (target / "manifest.json").is_file():
-        convert_esc_rank(base, adapter_root, target, rope_scaling="drop")
+        from filelock import FileLock
+
+        # Data-parallel ranks reach this at the same time: one converts, the others wait for its
+        # result instead of each loading the 7B base once more (memory and disk times the ranks).
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{target}.lock"):
+            if not (target / "manifest.json").is_file():
+                convert_esc_rank(base, adapter_root, target, rope_scaling="drop")
     return str(target / "base"), adapter_folders(target / "adapters"), identity | {"converted": True}
