@@ -1,0 +1,188 @@
+"""``benchmarks/REPORT.md`` and its plot from the results of one run (plus the hand-written analysis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
+    for model in sorted({r["model"] for r in results["dialogues"]}):
+        rows = [r for r in results["dialogues"] if r["model"] == model]
+        n = [r["n"] for r in rows]
+        short = "tiny" if model.startswith("tiny") else "SmolLM2"
+        for key, style in (("sequential", "o--"), ("engine", "s-"), ("raw_generate", "^:")):
+            left.plot(n, [r[key]["seconds"] for r in rows], style, label=f"{short} {key}")
+    for row in (results.get("vllm") or {}).get("rows", []) and [results["vllm"]["rows"]]:
+        left.plot([r["n"] for r in row], [r["vllm_engine"]["seconds"] for r in row], "d-", label="tiny engine on vLLM")
+    left.set(xscale="log", yscale="log", xlabel="dialogues N (5 rounds)", ylabel="wall time (s)")
+    left.set_title("dialogue generation", fontsize=10)
+    left.legend(fontsize=7)
+    bars = {
+        "engine vs seq.\n(largest N, tiny)": max(
+            (r for r in results["dialogues"] if r["model"].startswith("tiny")), key=lambda r: r["n"]
+        )["speedup"],
+        "ESC-RANK\nlogits vs gen.": results["esc_rank"]["speedup_logits_vs_generate"],
+        "ESC-RANK\nlogits vs ref.": results["esc_rank"]["speedup_logits_vs_reference"],
+        "GuardRank\nLlama": results["guardrank"]["llama_decoder"]["speedup"],
+        "GuardRank\nRoBERTa": results["guardrank"]["roberta_encoder"]["speedup"],
+    }
+    right.bar(list(bars), list(bars.values()), color="tab:blue")
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_ylabel("speed-up (×)")
+    right.set_title("batched vs reference-style", fontsize=10)
+    right.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _dialogue_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | N | new tokens | engine s | sequential s | raw generate s | speed-up | engine / raw | same turns"
+        " | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["dialogues"]:
+        lines.append(
+            f"| {r['model']} | {r['n']} | {r['max_new_tokens']} | {r['engine']['seconds']:.1f} | "
+            f"{r['sequential']['seconds']:.1f} | {r['raw_generate']['seconds']:.1f} | **{r['speedup']}×** | "
+            f"{r['engine_over_raw']} | {r['same_turns_engine_vs_sequential']:.0%} | {r['engine']['load_before']:.1f} |"
+        )
+    return lines
+
+
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """The headline numbers against the issue's targets (also pasted into the README)."""
+    tiny = [r for r in results["dialogues"] if r["model"].startswith("tiny")]
+    big = max(tiny, key=lambda r: r["n"])
+    rank, guard = results["esc_rank"], results["guardrank"]
+    worst_overhead = max(r["engine_over_raw"] for r in results["dialogues"])
+    rows = [
+        (f"engine vs sequential reference (tiny, N={big['n']})", "≥ 10×", f"{big['speedup']}×"),
+    ]
+    for r in results["dialogues"]:
+        if not r["model"].startswith("tiny"):
+            rows.append((f"engine vs sequential reference ({r['model']}, N={r['n']})", "≥ 10×", f"{r['speedup']}×"))
+    rows += [
+        ("engine / raw batched generate (worst row)", "≤ 1.15", f"{worst_overhead}"),
+        ("ESC-RANK logits vs generate", "≥ 4×", f"{rank['speedup_logits_vs_generate']}×"),
+        ("ESC-RANK logits vs reference loop", "—", f"{rank['speedup_logits_vs_reference']}×"),
+        (
+            "ESC-RANK logits = generate where the first token is a digit",
+            "identical",
+            f"{rank['logits_equal_generate_where_digit_first']} ({rank['first_token_digit_share']:.0%} digit-first)",
+        ),
+        ("GuardRank Llama batched vs batch 1", "≥ 5×", f"{guard['llama_decoder']['speedup']}×"),
+        ("GuardRank RoBERTa batched vs batch 1", "≥ 5×", f"{guard['roberta_encoder']['speedup']}×"),
+    ]
+    memory = results["memory"]
+    rows.append(
+        (
+            f"driver heap per transcript character (N={'/'.join(str(m['n']) for m in memory)})",
+            "flat",
+            " / ".join(f"{m['engine_heap_bytes_per_transcript_char']:.0f} B" for m in memory),
+        )
+    )
+    return ["| measure | target | measured |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
+
+
+def write_report(results: dict[str, Any], report: Path, plot: Path) -> None:
+    _plot(results, plot)
+    m = results["machine"]
+    rank, guard = results["esc_rank"], results["guardrank"]
+    lines = [
+        "# Performance report",
+        "",
+        f"Generated by `{results['command']}` on {results['started']} ({results['total_seconds']} s): "
+        f"{m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}; "
+        f"load average {m['load_avg_start']} at the start, {m['load_avg_end']} at the end (the CPU is shared). "
+        "Raw numbers: `benchmarks/results/latest.json`; profile: `benchmarks/results/profile_engine.txt`.",
+        "",
+        "## Against the targets",
+        "",
+        *summary_table(results),
+        "",
+        f"![wall time and speed-ups]({plot.relative_to(report.parent).as_posix()})",
+        "",
+        "## Dialogues: engine (lm-eval HFLM) vs sequential reference loop vs raw batched `generate`",
+        "",
+        "Same model object for all three and for both speakers, same cards, 5 rounds, greedy, the same token budget; "
+        f"HFLM and raw batches of up to {results['dialogues'][0]['batch_size']} rows. *load* = 1-min load average.",
+        "",
+        *_dialogue_table(results),
+        "",
+        "## Memory (tiny model, tracemalloc on: driver Python heap; RSS sampled every 20 ms)",
+        "",
+        "| N | transcript chars | engine heap peak MB | sequential heap peak MB | engine RSS Δ MB"
+        " | sequential RSS Δ MB | heap B / char |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['n']} | {r['transcript_chars']} | {r['engine_heap_peak_mb']} | {r['sequential_heap_peak_mb']} | "
+            f"{r['engine_rss_delta_mb']} | {r['sequential_rss_delta_mb']} | "
+            f"{r['engine_heap_bytes_per_transcript_char']} |"
+            for r in results["memory"]
+        ),
+        "",
+        f"## ESC-RANK scoring ({rank['requests']} judgements = dialogues × 7, {rank['prompt_tokens']} prompt tokens, "
+        f"batch {rank['batch_size']})",
+        "",
+        "| mode | s | judgements / s | RSS Δ MB |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {rank[name]['seconds']:.2f} | {rank[name]['judgements_per_s']} | "
+            f"{rank[name]['rss_delta_mb']:.0f} |"
+            for name in ("logits", "generate", "generate_2_tokens", "reference_loop")
+        ),
+        "",
+        f"First generated token a digit: {rank['first_token_digit_share']:.0%}; logits = generate there: "
+        f"{rank['logits_equal_generate_where_digit_first']}; batched generate = reference loop: "
+        f"{rank['generate_equals_reference_loop']:.0%}.",
+        "",
+        f"## GuardRank scoring ({guard['items']} items, batch {guard['batch_size']} vs 1)",
+        "",
+        "| classifier | tokens | batched s | batch-1 s | speed-up | same labels | batched RSS Δ MB |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {guard[name]['tokens']} | {guard[name]['batched']['seconds']:.3f} | "
+            f"{guard[name]['batch_1']['seconds']:.3f} | {guard[name]['speedup']}× | {guard[name]['same_labels']} | "
+            f"{guard[name]['batched']['rss_delta_mb']:.0f} |"
+            for name in ("llama_decoder", "roberta_encoder")
+        ),
+        "",
+        "## vLLM (both speakers on lm-eval's `vllm` backend, vLLM CPU build)",
+        "",
+        *_vllm_lines(results.get("vllm")),
+        "",
+    ]
+    if ANALYSIS.is_file():
+        lines += [ANALYSIS.read_text("utf-8").rstrip(), ""]
+    report.write_text("\n".join(lines))
+
+
+def _vllm_lines(vllm: dict[str, Any] | None) -> list[str]:
+    if not vllm:
+        return ["Not run (`--skip-vllm`)."]
+    if vllm.get("status") != "ok":
+        return [f"Status: {vllm.get('status')}.", "", "```", vllm.get("stderr_tail", "").strip()[-1500:], "```"]
+    lines = [
+        f"vLLM {vllm['vllm']}, engine start {vllm['engine_start_seconds']} s; tiny model 64 wide with 2 heads "
+        "(vLLM's CPU attention needs head size ≥ 32), prefix caching on.",
+        "",
+        "| N | vLLM engine s | hf engine s (same model) | vLLM speed-up | same turns |",
+        "|---|---|---|---|---|",
+    ]
+    for r in vllm["rows"]:
+        lines.append(
+            f"| {r['n']} | {r['vllm_engine']['seconds']:.1f} | {r['hf_engine']['seconds']:.1f} | "
+            f"{r['vllm_speedup_over_hf']}× | {r['same_turns_vllm_vs_hf']:.0%} |"
+        )
+    return lines

@@ -1,0 +1,174 @@
+"""The benchmark command: ``python -m benchmarks.run [--quick] [--skip-vllm]``.
+
+Writes ``benchmarks/results/latest.json``, ``benchmarks/REPORT.md`` and ``benchmarks/results/speedup.png``.
+Every comparison runs its contestants back to back on the same model object and the same inputs, so
+their ratio comes from the same minutes of (shared, noisy) machine load; the load average is recorded
+with every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import dialogue, fixtures, judges
+from benchmarks.measure import measure
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _dialogue_rows(
+    model: str, path: Path, sizes: list[int], settings: dialogue.DialogueSettings, repeats: int = 1
+) -> list[dict]:
+    """Per N: engine and raw replay ``repeats`` times, alternating (the fastest of each is kept: noise only
+    ever adds time), then the sequential reference loop once."""
+    lm = dialogue.load_hflm(path, settings.batch_size)
+    dialogue.run_engine(lm, fixtures.cards(2), dialogue.DialogueSettings(1, 4, settings.batch_size))  # warm-up
+    rows = []
+    for n in sizes:
+        cards = fixtures.cards(n)
+        print(f"[bench] dialogues: {model} N={n}", file=sys.stderr, flush=True)
+        engines, raws = [], []
+        for _ in range(repeats):
+            (engine_out, calls), timed = measure(lambda c=cards: dialogue.run_engine_recorded(lm, c, settings))
+            engines.append(timed)
+            tokens, timed = measure(lambda c=calls: dialogue.run_raw(lm, c))
+            raws.append(timed)
+        engine, raw = min(engines, key=lambda m: m.seconds), min(raws, key=lambda m: m.seconds)
+        sequential_out, sequential = measure(lambda c=cards: dialogue.run_sequential(lm, c, settings))
+        rows.append(
+            {
+                "model": model,
+                "n": n,
+                **vars(settings),
+                "repeats": repeats,
+                "engine": engine.as_dict(),
+                "raw_generate": raw.as_dict() | {"generated_tokens": tokens, "generate_calls": len(calls)},
+                "sequential": sequential.as_dict(),
+                "speedup": round(sequential.seconds / engine.seconds, 2),
+                "engine_over_raw": round(engine.seconds / raw.seconds, 3),
+                "same_turns_engine_vs_sequential": round(dialogue.same_turns(engine_out, sequential_out), 4),
+                "transcript_chars": dialogue.transcript_chars(engine_out),
+            }
+        )
+    return rows
+
+
+def _memory_rows(path: Path, sizes: list[int], settings: dialogue.DialogueSettings) -> list[dict]:
+    """A separate pass with tracemalloc on (it slows Python down): the driver's heap vs transcript text."""
+    lm = dialogue.load_hflm(path, settings.batch_size)
+    rows = []
+    for n in sizes:
+        cards = fixtures.cards(n)
+        out, engine = measure(lambda c=cards: dialogue.run_engine(lm, c, settings), trace_heap=True)
+        _, sequential = measure(lambda c=cards: dialogue.run_sequential(lm, c, settings), trace_heap=True)
+        chars = dialogue.transcript_chars(out)
+        rows.append(
+            {
+                "n": n,
+                "transcript_chars": chars,
+                "engine_heap_peak_mb": round(engine.heap_peak_mb, 3),
+                "sequential_heap_peak_mb": round(sequential.heap_peak_mb, 3),
+                "engine_rss_delta_mb": round(engine.rss_delta_mb, 1),
+                "sequential_rss_delta_mb": round(sequential.rss_delta_mb, 1),
+                "engine_heap_bytes_per_transcript_char": round(engine.heap_peak_mb * 2**20 / chars, 1),
+            }
+        )
+    return rows
+
+
+def _profile(path: Path, n: int, settings: dialogue.DialogueSettings) -> str:
+    """pyinstrument over one engine run: where the wall time of the dialogue path goes."""
+    from pyinstrument import Profiler
+
+    lm = dialogue.load_hflm(path, settings.batch_size)
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    dialogue.run_engine(lm, fixtures.cards(n), settings)
+    profiler.stop()
+    return profiler.output_text(unicode=False, color=False, show_all=False)
+
+
+def _vllm(root: Path, sizes: list[int], settings: dialogue.DialogueSettings) -> dict[str, Any]:
+    """The dialogue benchmark with both speakers on vLLM, in the vLLM venv (a separate process)."""
+    python = HERE.parent / ".venv-vllm" / "bin" / "python"
+    if not python.is_file():
+        return {"status": "skipped: .venv-vllm not found (scripts/setup_vllm.sh)"}
+    out = root / "vllm.json"
+    command = [str(python), "-m", "benchmarks.vllm_dialogue", "--root", str(root), "--out", str(out)]
+    command += ["--sizes", ",".join(map(str, sizes)), "--rounds", str(settings.rounds)]
+    command += ["--max-new-tokens", str(settings.max_new_tokens), "--batch-size", str(settings.batch_size)]
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0 or not out.is_file():
+        return {"status": f"failed (exit {done.returncode})", "stderr_tail": done.stderr[-2000:]}
+    return json.loads(out.read_text()) | {"status": "ok", "process_seconds": round(time.perf_counter() - began, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, no SmolLM2 (a few minutes)")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out the vLLM step")
+    parser.add_argument("--smollm2-sizes", default="4", help="N for SmolLM2 (comma-separated; default 4)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where tiny models are built (default: temp)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    root = args.work_dir or Path(tempfile.mkdtemp(prefix="esc-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    tiny_sizes = [8, 32] if args.quick else [8, 32, 128]
+    tiny = dialogue.DialogueSettings(rounds=5, max_new_tokens=32, batch_size=64)
+    smol = dialogue.DialogueSettings(rounds=5, max_new_tokens=16, batch_size=64)
+    tiny_model = fixtures.tiny_chat_model(root)
+    results: dict[str, Any] = {
+        "command": "python -m benchmarks.run" + (" --quick" if args.quick else ""),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+    results["dialogues"] = _dialogue_rows("tiny-random-llama", tiny_model, tiny_sizes, tiny, repeats=2)
+    if not args.quick:
+        sizes = [int(x) for x in args.smollm2_sizes.split(",") if x]
+        results["dialogues"] += _dialogue_rows("SmolLM2-135M-Instruct", fixtures.smollm2(), sizes, smol)
+    results["memory"] = _memory_rows(tiny_model, tiny_sizes, tiny)
+    print("[bench] judges", file=sys.stderr, flush=True)
+    results["esc_rank"] = judges.esc_rank(root, dialogues=4 if args.quick else 8, batch_size=8)
+    results["guardrank"] = judges.guardrank(root, items=64 if args.quick else 256, batch_size=16)
+    print("[bench] profile", file=sys.stderr, flush=True)
+    profile = _profile(tiny_model, 32, tiny)
+    if not args.skip_vllm:
+        print("[bench] vLLM", file=sys.stderr, flush=True)
+        results["vllm"] = _vllm(root, tiny_sizes, tiny)
+    results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["total_seconds"] = round(time.perf_counter() - began, 1)
+
+    from benchmarks.report import write_report
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "profile_engine.txt").write_text(profile)
+    write_report(results, HERE / "REPORT.md", RESULTS / "speedup.png")
+    print(f"[bench] wrote {HERE / 'REPORT.md'} in {results['total_seconds']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
