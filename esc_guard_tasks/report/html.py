@@ -64,7 +64,7 @@ def bar_chart(title: str, categories: list[str], series: dict[str, list[Estimate
         values = np.array([e.value for e in estimates])
         low = np.array([e.value - e.low for e in estimates])
         high = np.array([e.high - e.value for e in estimates])
-        errors = np.nan_to_num(np.vstack([low, high]), nan=0.0)
+        errors = np.clip(np.nan_to_num(np.vstack([low, high]), nan=0.0), 0, None)  # a percentile CI may miss the value
         axes.bar(x + index * width, np.nan_to_num(values), width, yerr=errors, capsize=3, label=label)
     axes.set_xticks(x + width * (len(series) - 1) / 2, categories, rotation=20)
     axes.set_ylim(0, 100)

@@ -85,7 +85,8 @@ def render(rows: list[dict[str, Any]], fmt: str, caption: str) -> str:
         return frame.to_csv(index=False, float_format="%.2f")
     if fmt == "latex":
         return frame.to_latex(index=False, escape=True, na_rep="--", float_format="%.2f", caption=caption)
-    return f"**{caption}**\n\n" + frame.to_markdown(index=False, floatfmt=".2f", missingval="n/a") + "\n"
+    cells = frame.astype(object).where(frame.notna(), None)  # tabulate's missingval applies to None, not NaN
+    return f"**{caption}**\n\n" + cells.to_markdown(index=False, floatfmt=".2f", missingval="n/a") + "\n"
 
 
 def leaderboard(
