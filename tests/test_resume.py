@@ -262,9 +262,13 @@ class CLIRuns:
 
     def complete(self) -> tuple[Path, dict[str, int]]:
         proc, out, counts = self.start()
-        assert proc.wait(timeout=600) == 0, (self.root / f"log{self.count}.txt").read_text()[-3000:]
+        assert proc.wait(timeout=600) == 0, self.log()[-3000:]
         lines = counts.read_text().split() if counts.exists() else []
         return out, {kind: lines.count(kind) for kind in ("turn", "judgement")}
+
+    def log(self) -> str:
+        """What the latest run printed."""
+        return (self.root / f"log{self.count}.txt").read_text()
 
     def kill_when(self, store: Path, table: str, rows: int, delay: float) -> None:
         """SIGKILL the run once ``store`` holds ``rows`` rows (plus ``delay`` seconds: often mid-batch)."""
@@ -317,11 +321,13 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_results(
     runs.kill_when(runs.dialogues, "turns", rng.randint(first + 1, turns), rng.uniform(0, 0.1))
     assert _rows(runs.dialogues, "turns") > first
     judged = _rows(runs.judgements, "replies")
-    runs.kill_when(runs.judgements, "replies", rng.randint(judged + 1, judgements // 2), rng.uniform(0, 0.02))
+    # inside the first task's judging (it commits 7 chunks of 2)
+    runs.kill_when(runs.judgements, "replies", rng.randint(judged + 1, max(judged + 1, 10)), rng.uniform(0, 0.02))
     stored_turns, stored_judgements = _rows(runs.dialogues, "turns"), _rows(runs.judgements, "replies")
     assert stored_turns == turns and 0 < stored_judgements < judgements
 
     out, counts = runs.complete()
     assert counts == {"turn": 0, "judgement": judgements - stored_judgements}
+    assert "Loading the role-player" not in runs.log(), "all turns were stored: the role-player is never loaded"
     assert _outcome(out) == _outcome(tmp_path / "reference")
     assert _rows(runs.dialogues, "turns") == turns and _rows(runs.judgements, "replies") == judgements

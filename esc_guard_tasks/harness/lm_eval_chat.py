@@ -145,10 +145,23 @@ def release_role_players() -> None:
         torch.cuda.empty_cache()
 
 
-def role_player_chat(settings: ESCSettings, supporter: Any) -> LMEvalChatModel:
-    """The role-player as a speaker, seeded so its sampled turns are reproducible."""
-    seeding = "request" if settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
-    return LMEvalChatModel(role_player_lm(settings, supporter), settings.role_gen_kwargs, seeding=seeding)
+class RolePlayerChat:
+    """The role-player as a speaker, seeded so its sampled turns are reproducible.
+
+    Loaded on its first turn: a resumed run whose turns are all stored never loads it.
+    """
+
+    def __init__(self, settings: ESCSettings, supporter: Any):
+        self.settings = settings
+        self.supporter = supporter
+        self._chat: LMEvalChatModel | None = None
+
+    def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
+        if self._chat is None:
+            seeding = "request" if self.settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+            lm = role_player_lm(self.settings, self.supporter)
+            self._chat = LMEvalChatModel(lm, self.settings.role_gen_kwargs, seeding=seeding)
+        return self._chat.generate(conversations, seeds)
 
 
 def _device_of(lm: Any) -> str:

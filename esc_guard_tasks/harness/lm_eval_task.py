@@ -32,7 +32,7 @@ from esc_guard_tasks.esc_eval.protocol import (
 )
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
 from esc_guard_tasks.esc_eval.store import open_store
-from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, release_role_players, role_player_chat
+from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
@@ -194,7 +194,7 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
     }
     store = open_store(spec["dialogue_store"])
     engine = DialogueEngine(
-        role_player=role_player_chat(settings, lm),
+        role_player=RolePlayerChat(settings, lm),
         supporter=LMEvalChatModel(lm, supporter["gen_kwargs"], use_chat_template=supporter["chat_template"]),
         rounds=settings.rounds,
         seed=settings.seed,
