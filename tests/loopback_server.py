@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -66,11 +66,12 @@ class LoopbackDroppedConnectionError(Exception):
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as received: method, path, and the parsed JSON body (``None`` when there is none)."""
+    """One request as received: method, path, the parsed JSON body (``None`` when there is none), headers."""
 
     method: str
     path: str
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def chat_completion(body: dict[str, Any], content: str) -> dict[str, Any]:
@@ -214,7 +215,7 @@ def _handler_for(server: LoopbackChatServer) -> type[BaseHTTPRequestHandler]:
                 server._record(RecordedRequest("POST", path, raw.decode("utf-8", "replace")))
                 self._send_error(400, f"request body is not JSON: {err}")
                 return
-            server._record(RecordedRequest("POST", path, body))
+            server._record(RecordedRequest("POST", path, body, dict(self.headers.items())))
             if path != CHAT_PATH:
                 self._send_error(404, f"no route for POST {path}")
                 return

@@ -1020,7 +1020,7 @@ def test_judge_row_names_each_judge_without_loading_it(tmp_path, monkeypatch):
     label = _label("hallucination", _judge_identity("hallucination", guardrank), guardrank)
     assert label == "guardrank encoder hallucination.pt on roberta-large, bfloat16; scale=reference"
     llm = TaskSettings("t", "bias", judge=(("judge", "llm"), ("judge_args", "base_url=http://127.0.0.1:9/v1,model=m")))
-    assert _label("bias", _judge_identity("bias", llm), llm) == "llm m (mllmguard-llm-rubric-v1)"
+    assert _label("bias", _judge_identity("bias", llm), llm) == "llm m (mllmguard-llm-rubric-v2)"
     rules = TaskSettings("t", "noise-injection")
     assert _label("noise-injection", _judge_identity("noise-injection", rules), rules).startswith("rules")
     from esc_guard_tasks.mllmguard.judges import get_judge

@@ -26,7 +26,7 @@ Registered through lmms-eval's model entry-point group ``lmms_eval.models``
 ``batch_size``         requests per ``generate`` call (default 1; lmms-eval's ``--batch_size``)
 ``max_new_tokens``     used when a task gives none (default 256)
 ``chat_template``      a Jinja template (text or path to a file) replacing the checkpoint's
-``attn_implementation``, ``trust_remote_code`` (default false), ``use_cache`` (default true)
+``attn_implementation``, ``use_cache`` (default true); ``trust_remote_code=true`` is refused (no hub code runs)
 =====================  ====================================================================================
 
 Generation: greedy unless the task's ``generation_kwargs`` ask for sampling (``do_sample: true`` or a
@@ -206,8 +206,12 @@ class HFImageTextModel(lmms):
         self.dtype = resolve_dtype(dtype, self.device)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             eval_logger.warning("hf_image_text runs in one process; it does not split requests across ranks")
-        remote = _as_bool(trust_remote_code)
-        load: dict[str, Any] = {"revision": revision, "trust_remote_code": remote}
+        if _as_bool(trust_remote_code):
+            raise ValueError(
+                "hf_image_text: trust_remote_code=true is refused: this package never runs code from a model hub;"
+                " use a checkpoint that stock transformers loads (AutoModelForImageTextToText)"
+            )
+        load: dict[str, Any] = {"revision": revision, "trust_remote_code": False}
         self.processor = AutoProcessor.from_pretrained(pretrained, **load)
         model_load = dict(load, dtype=self.dtype)
         if attn_implementation:
