@@ -186,3 +186,17 @@ def _vllm_lines(vllm: dict[str, Any] | None) -> list[str]:
             f"{r['vllm_speedup_over_hf']}× | {r['same_turns_vllm_vs_hf']:.0%} |"
         )
     return lines
+
+
+def main() -> int:
+    """``python -m benchmarks.report``: re-render REPORT.md and the plot from ``results/latest.json``."""
+    import json
+
+    here = Path(__file__).resolve().parent
+    results = json.loads((here / "results" / "latest.json").read_text("utf-8"))
+    write_report(results, here / "REPORT.md", here / "results" / "speedup.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

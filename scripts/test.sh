@@ -12,4 +12,4 @@ scripts/setup_vllm.sh
 .venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py tests/test_data_parallel.py
 
 scripts/setup_lmms.sh
-.venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py
+.venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py tests/test_report_mllmguard.py tests/test_security.py

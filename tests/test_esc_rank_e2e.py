@@ -25,7 +25,7 @@ def test_esc_eval_judged_by_an_internlm2_checkpoint(tiny_model, esc_data, tmp_pa
         return run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / out)
 
     first = run("a")
-    (converted,) = (cache / "esc_rank").iterdir()
+    (converted,) = [p for p in (cache / "esc_rank").iterdir() if p.is_dir()]  # beside it: its .lock
     manifest_time = (converted / "manifest.json").stat().st_mtime
     assert {p.name for p in (converted / "adapters").iterdir()} == set(ADAPTER_FOLDERS)
     assert not list(converted.rglob("*.py")), "remote code must not survive the conversion"

@@ -82,6 +82,7 @@ def test_no_trust_remote_code_in_code_or_task_configs():
     assert offenders == []
 
 
+@pytest.mark.lmms
 def test_hf_image_text_refuses_remote_code():
     """The one user-facing model that loads arbitrary checkpoints refuses trust_remote_code=true before loading."""
     pytest.importorskip("lmms_eval")
