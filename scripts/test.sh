@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --test
+# Headless Chromium (Debian's package) for the HTML report's browser tests; once installed they must run.
+if ! command -v chromium >/dev/null; then
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+export ESC_GUARD_BROWSER_REQUIRED=1
 .venv/bin/pytest
 
 scripts/setup_vllm.sh
