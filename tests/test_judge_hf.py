@@ -9,9 +9,9 @@ import pytest
 from harness_runs import run_cli, tiny_args
 from judge_fixtures import ADAPTER_FOLDERS, build_tiny_judge
 
-from esc_guard_tasks.esc_eval.judging import score_dialogues
+from esc_guard_tasks.esc_eval.judging import judge_request, score_dialogues
 from esc_guard_tasks.esc_eval.protocol import Transcript
-from esc_guard_tasks.esc_eval.rubric import SCORE_LABELS
+from esc_guard_tasks.esc_eval.rubric import SCORE_LABELS, dimensions
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.judges.cache import CachedJudge
 from esc_guard_tasks.judges.hf_lora import HFLoraJudge
@@ -87,6 +87,20 @@ def test_logits_mode_equals_generation_when_the_first_token_is_a_digit(tiny_judg
                 assert log.score == gen.score
                 compared += 1
     assert compared >= 0.9 * 4 * 7
+
+
+def test_logits_mode_does_not_depend_on_the_batch(tiny_judge, sample):
+    """Right-padded, maskless logits scoring of prompts of different lengths equals scoring each alone:
+    the pads after a prompt never reach its last position, and each row is read at its own end."""
+    base, adapters = tiny_judge
+    folders = {n: str(adapters / n) for n in ADAPTER_FOLDERS}
+    batched, single = (
+        HFLoraJudge(str(base), folders, device="cpu", batch_size=size, score_mode="logits", labels=SCORE_LABELS)
+        for size in (8, 1)
+    )
+    requests = [r for t in sample for r in (judge_request(t, d, "esc_rank") for d in dimensions()[:2])]
+    assert len({len(batched.render(r)) for r in requests}) > 1, "the batch must mix prompt lengths"
+    assert batched.complete(requests) == single.complete(requests)
 
 
 def test_cache_serves_a_second_run_without_calling_the_judge(tmp_path, transcripts):

@@ -2,8 +2,8 @@
 
 The base model is loaded once and every adapter attached to it; for each adapter, all
 its requests go through batched greedy generation (left-padded, longest first), or, with
-``score_mode="logits"``, one forward pass that reads the next-token distribution over
-the score labels.
+``score_mode="logits"``, one right-padded forward pass that reads the next-token
+distribution over the score labels.
 """
 
 from __future__ import annotations
@@ -119,13 +119,10 @@ class HFLoraJudge:
     def _run(self, batch: list[list[int]]) -> list[str]:
         import torch
 
+        if self.score_mode == "logits":
+            return self._read_labels(batch)
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            if self.score_mode == "logits":
-                logits = self.model(**padded, logits_to_keep=1).logits[:, -1, :]
-                label_ids = self._label_token_ids(batch[0])
-                best = logits[:, label_ids].argmax(dim=-1).tolist()
-                return [self.labels[b] for b in best]
             generated = self.model.generate(
                 **padded,
                 do_sample=False,
@@ -136,6 +133,27 @@ class HFLoraJudge:
         new_tokens = generated[:, padded["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [cut_at(text, self.stop_strings) for text in texts]
+
+    def _read_labels(self, batch: list[list[int]]) -> list[str]:
+        """The most likely score label after each prompt, from one forward pass.
+
+        Right-padded with no attention mask: under causal attention no real token sees the pads that
+        follow it, so each row's last real position is exact, and without a mask the attention kernel
+        takes its fused causal path (on CPU, 2.8× faster than the masked one at 2,300-token prompts).
+        Only the distinct last positions of the batch go through the LM head."""
+        import torch
+
+        lengths = torch.tensor([len(ids) for ids in batch])
+        input_ids = torch.full((len(batch), int(lengths.max())), self.tokenizer.pad_token_id, dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        last = lengths - 1
+        keep = torch.unique(last)  # sorted
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids.to(self.device), logits_to_keep=keep.to(self.device)).logits
+        rows = logits[torch.arange(len(batch)), torch.searchsorted(keep, last).to(logits.device)]
+        best = rows[:, self._label_token_ids(batch[0])].argmax(dim=-1).tolist()
+        return [self.labels[b] for b in best]
 
     def _label_token_ids(self, prompt: list[int]) -> list[int]:
         if self._label_ids is None:
