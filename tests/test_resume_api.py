@@ -1,11 +1,13 @@
-"""A dead endpoint keeps the progress made before it died: the rerun after it returns generates only the rest.
+"""Resume through the real CLI with API speakers: after a dead endpoint, and never across changed settings.
 
 The supporter, the role-player and the judge (``llm_rubric`` through ``judge_backend=openai``)
-are lm-eval's chat-completions backends and the openai judge on one loopback server. One run
-loses the supporter in round 3 (503 on every attempt), the next one the judge; each fails with
-the error naming the endpoint, the model and the attempts. The same command, rerun once the
-server is healthy, asks the server only for what the dialogue store and the judge cache do not
-hold, and ends with the results and samples of a run that never saw an outage.
+are lm-eval's chat-completions backends and the openai judge on one loopback server, so the
+requests the server receives are exactly what a run generates. A dead endpoint: one run loses
+the supporter in round 3 (503 on every attempt), the next one the judge; each fails with the
+error naming the endpoint, the model and the attempts. The same command, rerun once the server
+is healthy, asks only for what the dialogue store and the judge cache do not hold, and ends
+with the results and samples of a run that never saw an outage. Changed settings: after a
+complete run, a rerun with any setting that decides the dialogues changed asks for every turn.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from test_faulty_servers import JUDGE_MODEL, ROLE_MODEL, SUPPORTER_MODEL, compar
 
 from esc_guard_tasks.chat_api import ChatAPIError
 from esc_guard_tasks.esc_eval import judging
+from esc_guard_tasks.esc_eval import store as store_module
 
 ROUNDS = 4
 DIALOGUES = 2  # --limit 1: one card per language
@@ -51,8 +54,17 @@ class Outage:
         self.down, self.answered = down, Counter()
 
 
-def args(server: LoopbackChatServer, esc_data: Path, store: str) -> list[str]:
-    """One attempt and one retry everywhere (short backoff), the dialogue store at ``store``."""
+def args(
+    server: LoopbackChatServer,
+    esc_data: Path,
+    store: str,
+    *,
+    supporter: str = SUPPORTER_MODEL,
+    metadata: dict[str, Any] | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """One attempt and one retry everywhere (short backoff), the dialogue store at ``store``; ``metadata`` and
+    ``extra`` CLI arguments override or add settings."""
     meta = {
         "role_model": "local-chat-completions",
         "role_model_args": f"model={ROLE_MODEL},base_url={server.chat_url},max_retries=1",
@@ -62,12 +74,13 @@ def args(server: LoopbackChatServer, esc_data: Path, store: str) -> list[str]:
         "judge_backend": "openai",
         "judge_args": f"base_url={server.base_url},model={JUDGE_MODEL},max_retries=1,retry_backoff=0.01",
         "dialogue_store": store,
-    }
+    } | (metadata or {})
     return [
         *("--model", "local-chat-completions"),
-        *("--model_args", f"model={SUPPORTER_MODEL},base_url={server.chat_url},num_concurrent=2,max_retries=1"),
+        *("--model_args", f"model={supporter},base_url={server.chat_url},num_concurrent=2,max_retries=1"),
         *("--tasks", "esc_eval", "--limit", "1", "--apply_chat_template", "--log_samples"),
         *("--metadata", json.dumps(meta)),
+        *extra,
     ]
 
 
@@ -117,3 +130,40 @@ def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(es
     assert not list((tmp_path / "supporter_down").glob("**/results_*.json"))
     assert not list((tmp_path / "judge_down").glob("**/results_*.json"))
     assert comparable(resumed) == comparable(reference)
+
+
+@pytest.mark.slow
+def test_a_changed_setting_in_the_cli_regenerates_every_turn(esc_data, tmp_path, monkeypatch):
+    """After a complete run into a store, the same command asks for no turn again; with the supporter's model or
+    generation kwargs, the role-player's model args or generation kwargs, the seed, or the protocol prompts changed
+    (what the harness puts into the dialogue key), every one of the 2 × rounds × 2 turns is asked for again."""
+    store = str(tmp_path / "dialogues.sqlite")
+    monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
+    with LoopbackChatServer(scripted, models=[ROLE_MODEL, SUPPORTER_MODEL, JUDGE_MODEL]) as server:
+        changes: dict[str, dict[str, Any]] = {
+            "supporter_model": {"supporter": "another-supporter"},
+            "supporter_gen_kwargs": {"extra": ("--gen_kwargs", "max_gen_toks=99")},
+            "role_model_args": {"role_model_args": f"model=another-role,base_url={server.chat_url},max_retries=1"},
+            "role_gen_kwargs": {"role_gen_kwargs": {"max_gen_toks": 99}},
+            "seed": {"seed": 7},
+            "protocol_prompts": {},
+        }
+
+        def speaker_requests(name: str) -> int:
+            """Run the command with the change ``name`` (if any); the role-player and supporter requests it made."""
+            change = dict(changes.get(name, {}))
+            options = {k: change.pop(k) for k in ("supporter", "extra") if k in change}
+            before = len(server.chat_bodies())
+            with monkeypatch.context() as patch:
+                if name == "protocol_prompts":
+                    edited = store_module.prompts() | {"edited": True}
+                    patch.setattr(store_module, "prompts", lambda: edited)
+                command = args(server, esc_data, store, metadata={"judge": "none", **change}, **options)
+                run_cli(command, tmp_path / name)
+            return sum(body["model"] != JUDGE_MODEL for body in server.chat_bodies()[before:])
+
+        every_turn = 2 * ROUNDS * DIALOGUES
+        assert speaker_requests("first") == every_turn
+        assert speaker_requests("same") == 0, "the unchanged command is served from the store"
+        for name in changes:
+            assert speaker_requests(name) == every_turn, name
