@@ -21,10 +21,12 @@ SHARED = Path(os.environ.get("ESC_GUARD_SHARED", REPO.parent / "shared"))
 
 
 @pytest.fixture(autouse=True)
-def no_dialogue_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs generate their dialogues unless a test opts into the store (tests/test_resume.py):
-    a store shared across tests would answer a rerun without calling the models it checks."""
+def isolated_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Runs generate their dialogues unless a test opts into the store (tests/test_resume.py), and each test
+    has a judge cache of its own: a store or cache shared across tests (or with the user's ``~/.cache``)
+    would answer a rerun without calling the models it checks."""
     monkeypatch.setenv("ESC_EVAL_DIALOGUE_STORE", "none")
+    monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "esc_guard_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,21 @@ def test_table_mllmguard_rows_and_paper_reference(tmp_path, shared):
     assert checked == 26
 
 
+def test_html_compares_each_model_with_the_first_run_of_the_same_task(tmp_path):
+    """Model-vs-model: the second model's cells carry its difference to the first run with the same task (signed,
+    two decimals); a NaN on either side gives no difference, never a number; the first run's cells carry none."""
+    first, _ = write_run(tmp_path / "a", "model-a", {"esc_eval_en": esc_row({"fluency": 50.0, "empathy": 40.0})})
+    second, _ = write_run(tmp_path / "b", "model-b", {"esc_eval_en": esc_row({"fluency": 62.5, "empathy": math.nan})})
+    page = html.build_report(load_runs([first, second]), resamples=50)
+    rows = re.findall(r"<tr>\s*<td class=\"text\">(model-[ab]) @ [^<]*</td>(.*?)</tr>", page, flags=re.S)
+    cells = dict(rows)
+    assert set(cells) == {"model-a", "model-b"}
+    assert "vs first" not in cells["model-a"]
+    assert "62.50" in cells["model-b"] and "+12.50 vs first" in cells["model-b"]
+    assert "+17.50 vs first" in cells["model-b"]  # the average over the dimensions each run has: 62.5 vs 45
+    assert cells["model-b"].count("vs first") == 2  # fluency and average: empathy is NaN, the rest are missing
+
+
 def test_single_sample_has_no_interval_and_the_report_still_renders(tmp_path):
     """One dialogue: the value is its score, the interval is undefined (NaN), and the page is written."""
     samples = {"esc_eval_zh": [esc_sample(10000, "zh", dict.fromkeys(ALL, 2))]}
