@@ -100,7 +100,8 @@ def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(es
     with LoopbackChatServer(outage, models=[ROLE_MODEL, SUPPORTER_MODEL, JUDGE_MODEL]) as server:
 
         def run(name: str, store_setting: str):
-            monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / ("reference_cache" if name == "reference" else "cache")))
+            cache = "reference_cache" if name == "reference" else "cache"
+            monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / cache))
             monkeypatch.setattr(judging, "_JUDGES", {})
             return run_cli(args(server, esc_data, store_setting), tmp_path / name)
 
