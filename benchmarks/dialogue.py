@@ -146,3 +146,45 @@ def same_turns(a: Sequence[Transcript], b: Sequence[Transcript]) -> float:
     """Share of turns identical in both runs (greedy decoding; batching may flip near-ties)."""
     pairs = [(x.text, y.text) for s, t in zip(a, b, strict=True) for x, y in zip(s.turns, t.turns, strict=True)]
     return sum(x == y for x, y in pairs) / max(1, len(pairs))
+
+
+def batching_ceiling(lm: Any, lengths: Sequence[int], rows: int, new_tokens: int) -> list[dict[str, Any]]:
+    """The most batching can buy on this machine: ``rows`` prompts of ``length`` tokens, each generating exactly
+    ``new_tokens``, one ``generate`` call at a time vs one call of ``rows`` rows (no padding, no lm-eval). The
+    engine vs sequential speed-up cannot exceed this ratio at the contexts its rounds reach."""
+    import time
+
+    import torch
+
+    model = lm.model
+    pad = _tokenizer(lm).pad_token_id
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for length in lengths:
+        ids = torch.randint(10, model.config.vocab_size, (rows, length), generator=generator)
+
+        def generate(batch: Any) -> None:
+            with torch.inference_mode():
+                model.generate(
+                    input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=False,
+                    min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=pad,
+                )  # fmt: skip
+
+        began = time.perf_counter()
+        for row in ids:
+            generate(row[None])
+        one_at_a_time = time.perf_counter() - began
+        began = time.perf_counter()
+        generate(ids)
+        batched = time.perf_counter() - began
+        out.append(
+            {
+                "context_tokens": length,
+                "rows": rows,
+                "new_tokens": new_tokens,
+                "one_at_a_time_s": round(one_at_a_time, 3),
+                "batched_s": round(batched, 3),
+                "ceiling": round(one_at_a_time / batched, 2),
+            }
+        )
+    return out

@@ -47,13 +47,14 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 def _dialogue_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| model | N | new tokens | engine s | sequential s | raw generate s | speed-up | engine / raw | same turns"
-        " | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | N | new tokens | prompt tokens | engine s | sequential s | raw generate s | speed-up | engine / raw"
+        " | same turns | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["dialogues"]:
+        widths = "–".join(map(str, r.get("prompt_tokens_range", ["?"])))
         lines.append(
-            f"| {r['model']} | {r['n']} | {r['max_new_tokens']} | {r['engine']['seconds']:.1f} | "
+            f"| {r['model']} | {r['n']} | {r['max_new_tokens']} | {widths} | {r['engine']['seconds']:.1f} | "
             f"{r['sequential']['seconds']:.1f} | {r['raw_generate']['seconds']:.1f} | **{r['speedup']}×** | "
             f"{r['engine_over_raw']} | {r['same_turns_engine_vs_sequential']:.0%} | {r['engine']['load_before']:.1f} |"
         )
@@ -120,6 +121,7 @@ def write_report(results: dict[str, Any], report: Path, plot: Path) -> None:
         "",
         *_dialogue_table(results),
         "",
+        *_ceiling_lines(results.get("ceiling")),
         "## Memory (tiny model, tracemalloc on: driver Python heap; RSS sampled every 20 ms)",
         "",
         "| N | transcript chars | engine heap peak MB | sequential heap peak MB | engine RSS Δ MB"
@@ -166,6 +168,22 @@ def write_report(results: dict[str, Any], report: Path, plot: Path) -> None:
     if ANALYSIS.is_file():
         lines += [ANALYSIS.read_text("utf-8").rstrip(), ""]
     report.write_text("\n".join(lines))
+
+
+def _ceiling_lines(ceiling: list[dict[str, Any]] | None) -> list[str]:
+    """What batching alone can buy at each context length (the engine's rounds span the widths above)."""
+    if not ceiling:
+        return []
+    rows = ceiling[0]["rows"]
+    return [
+        f"## Batching ceiling (tiny model: {rows} prompts × {ceiling[0]['new_tokens']} new tokens, "
+        f"one `generate` at a time vs one call of {rows} rows, no padding, no lm-eval)",
+        "",
+        "| context tokens | one at a time s | batched s | ceiling |",
+        "|---|---|---|---|",
+        *(f"| {r['context_tokens']} | {r['one_at_a_time_s']} | {r['batched_s']} | {r['ceiling']}× |" for r in ceiling),
+        "",
+    ]
 
 
 def _vllm_lines(vllm: dict[str, Any] | None) -> list[str]:

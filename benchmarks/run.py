@@ -45,6 +45,7 @@ def _dialogue_rows(
             raws.append(timed)
         engine, raw = min(engines, key=lambda m: m.seconds), min(raws, key=lambda m: m.seconds)
         sequential_out, sequential = measure(lambda c=cards: dialogue.run_sequential(lm, c, settings))
+        widths = [call.inputs["input_ids"].shape[1] for call in calls]  # padded prompt tokens per generate call
         rows.append(
             {
                 "model": model,
@@ -58,6 +59,7 @@ def _dialogue_rows(
                 "engine_over_raw": round(engine.seconds / raw.seconds, 3),
                 "same_turns_engine_vs_sequential": round(dialogue.same_turns(engine_out, sequential_out), 4),
                 "transcript_chars": dialogue.transcript_chars(engine_out),
+                "prompt_tokens_range": [min(widths), max(widths)],
             }
         )
     return rows
@@ -148,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         sizes = [int(x) for x in args.smollm2_sizes.split(",") if x]
         results["dialogues"] += _dialogue_rows("SmolLM2-135M-Instruct", fixtures.smollm2(), sizes, smol)
+    print("[bench] batching ceiling", file=sys.stderr, flush=True)
+    results["ceiling"] = dialogue.batching_ceiling(
+        dialogue.load_hflm(tiny_model, tiny.batch_size), [128, 512, 1024], tiny.batch_size, tiny.max_new_tokens
+    )
     results["memory"] = _memory_rows(tiny_model, tiny_sizes, tiny)
     print("[bench] judges", file=sys.stderr, flush=True)
     results["esc_rank"] = judges.esc_rank(root, dialogues=4 if args.quick else 8, batch_size=8)
