@@ -1,7 +1,7 @@
 """Dialogue generation: the engine (through lm-eval's HFLM, as a real run) vs the reference loop vs raw ``generate``.
 
-* ``engine``: ``DialogueEngine`` with both speakers as ``LMEvalChatModel`` over one ``HFLM`` (what
-  ``lm_eval --tasks esc_eval`` runs): ``2 × rounds`` batched ``generate_until`` calls.
+* ``engine``: ``DialogueEngine`` with both speakers as ``LMEvalChatModel`` over one ``HFLM`` and the dialogue
+  store on (what ``lm_eval --tasks esc_eval`` runs): ``2 × rounds`` batched ``generate_until`` calls.
 * ``sequential``: the reference ``evaluate.py`` loop re-implemented: one dialogue at a time, one turn at a
   time, ``apply_chat_template`` + ``model.generate`` on a single prompt, decode the new tokens. Same model
   object, same prompts (the protocol module), same greedy settings and token budget.
@@ -16,7 +16,10 @@ loop then produce comparable token counts, and their transcripts can be compared
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +39,14 @@ from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel
 @dataclass(frozen=True)
 class DialogueSettings:
     rounds: int
-    max_new_tokens: int
+    max_new_tokens: int  # per seeker turn, and per supporter turn unless supporter_new_tokens is set
     batch_size: int
+    supporter_new_tokens: int | None = None
+
+    def new_tokens(self, speaker: str) -> int:
+        if speaker == "supporter" and self.supporter_new_tokens:
+            return self.supporter_new_tokens
+        return self.max_new_tokens
 
 
 def load_hflm(path: Any, batch_size: int) -> Any:
@@ -52,9 +61,23 @@ def _setups(cards: Sequence[Card]) -> list[DialogueSetup]:
 
 
 def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> list[Transcript]:
-    gen = {"until": [], "max_gen_toks": settings.max_new_tokens, "do_sample": False}
-    engine = DialogueEngine(LMEvalChatModel(lm, gen), LMEvalChatModel(lm, gen), settings.rounds)
-    return engine.run(_setups(cards))
+    """The engine as ``lm_eval --tasks esc_eval`` runs it, the dialogue store on (a fresh SQLite file per run,
+    so nothing is resumed)."""
+    import tempfile
+    from pathlib import Path
+
+    from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore
+
+    def speaker(role: str) -> LMEvalChatModel:
+        return LMEvalChatModel(lm, {"until": [], "max_gen_toks": settings.new_tokens(role), "do_sample": False})
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = SQLiteDialogueStore(Path(folder) / "dialogues.sqlite")
+        engine = DialogueEngine(speaker("seeker"), speaker("supporter"), settings.rounds, store=store)
+        try:
+            return engine.run(_setups(cards))
+        finally:
+            store.close()
 
 
 def _tokenizer(lm: Any) -> Any:
@@ -82,9 +105,13 @@ def run_sequential(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -
     for card in cards:
         transcript = Transcript.start(card)
         for _ in range(settings.rounds):
-            seeker = _reference_reply(model, tokenizer, role_player_messages(card, transcript), settings.max_new_tokens)
+            seeker = _reference_reply(
+                model, tokenizer, role_player_messages(card, transcript), settings.new_tokens("seeker")
+            )
             transcript.turns.append(Turn("seeker", seeker.strip()))
-            reply = _reference_reply(model, tokenizer, supporter_messages(system, transcript), settings.max_new_tokens)
+            reply = _reference_reply(
+                model, tokenizer, supporter_messages(system, transcript), settings.new_tokens("supporter")
+            )
             transcript.turns.append(Turn("supporter", reply.strip()))
         transcripts.append(transcript)
     return transcripts
@@ -92,30 +119,54 @@ def run_sequential(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -
 
 @dataclass
 class GenerateCall:
-    """One ``model.generate`` call as HFLM made it: its padded inputs and how many tokens it produced."""
+    """One ``model.generate`` call as HFLM made it: its padded inputs, how many tokens it produced, how long
+    it took."""
 
     inputs: dict[str, Any]
     new_tokens: int
+    seconds: float
 
 
-def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettings):
-    """``run_engine``, recording every ``model.generate`` call HFLM makes (inputs and output length)."""
+@dataclass
+class EngineRun:
+    """A recorded engine run: the transcripts, HFLM's ``generate`` calls and the time inside lm-eval's
+    ``generate_until`` (HFLM, the generate calls included)."""
+
+    transcripts: list[Transcript]
+    calls: list[GenerateCall]
+    harness_s: float
+
+
+def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> EngineRun:
+    """``run_engine``, recording every ``model.generate`` call HFLM makes and timing ``generate_until``: the
+    engine's own time is the total minus ``harness_s``, lm-eval's is ``harness_s`` minus the calls'."""
     model = lm.model
-    calls: list[GenerateCall] = []
-    original = model.generate
+    run = EngineRun([], [], 0.0)
+    generate, generate_until = model.generate, lm.generate_until
 
+    @functools.wraps(generate)
     def recording(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
+        began = time.perf_counter()
+        out = generate(*args, **kwargs)
         inputs = {k: kwargs[k] for k in ("input_ids", "attention_mask") if k in kwargs}
-        calls.append(GenerateCall(inputs, out.shape[1] - inputs["input_ids"].shape[1]))
+        run.calls.append(GenerateCall(inputs, out.shape[1] - inputs["input_ids"].shape[1], time.perf_counter() - began))
         return out
 
-    model.generate = recording  # instance attribute: shadows the method for this run only
+    @functools.wraps(generate_until)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return generate_until(*args, **kwargs)
+        finally:
+            run.harness_s += time.perf_counter() - began
+
+    # instance attributes: shadow the methods for this run only
+    model.generate, lm.generate_until = recording, timed
     try:
-        transcripts = run_engine(lm, cards, settings)
+        run.transcripts = run_engine(lm, cards, settings)
     finally:
-        del model.generate
-    return transcripts, calls
+        del model.generate, lm.generate_until
+    return run
 
 
 def run_raw(lm: Any, calls: Sequence[GenerateCall]) -> int:
@@ -138,6 +189,50 @@ def run_raw(lm: Any, calls: Sequence[GenerateCall]) -> int:
     return generated
 
 
+@dataclass
+class ForwardTimes:
+    """Wall time inside the model's forward passes, split into prefill (the prompt) and decode (one token)."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_tokens: int = 0  # prompt positions computed, padding included
+    decode_steps: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@contextmanager
+def forward_clock(model: Any) -> Iterator[ForwardTimes]:
+    """Time every forward pass of ``model`` while the block runs: a pass over more than one position is a
+    prefill, a one-position pass a decode step. Whatever else a run spends (templating, tokenising, the
+    generate loop's logits processors, lm-eval) is its total minus these two."""
+    times = ForwardTimes()
+    original = model.forward
+
+    # wraps: generate() reads forward's signature (e.g. to pass logits_to_keep=1, which limits the prefill's LM
+    # head to the last position); a bare (*args, **kwargs) wrapper would change what the model computes.
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        ids = kwargs.get("input_ids") if "input_ids" in kwargs else args[0]
+        began = time.perf_counter()
+        out = original(*args, **kwargs)
+        elapsed = time.perf_counter() - began
+        if ids.shape[1] > 1:
+            times.prefill_s += elapsed
+            times.prefill_tokens += ids.numel()
+        else:
+            times.decode_s += elapsed
+            times.decode_steps += 1
+        return out
+
+    model.forward = timed  # instance attribute: shadows the method for this block only
+    try:
+        yield times
+    finally:
+        del model.forward
+
+
 def transcript_chars(transcripts: Sequence[Transcript]) -> int:
     return sum(len(t.greeting) + sum(len(turn.text) for turn in t.turns) for t in transcripts)
 
@@ -152,8 +247,6 @@ def batching_ceiling(lm: Any, lengths: Sequence[int], rows: int, new_tokens: int
     """The most batching can buy on this machine: ``rows`` prompts of ``length`` tokens, each generating exactly
     ``new_tokens``, one ``generate`` call at a time vs one call of ``rows`` rows (no padding, no lm-eval). The
     engine vs sequential speed-up cannot exceed this ratio at the contexts its rounds reach."""
-    import time
-
     import torch
 
     model = lm.model
@@ -185,6 +278,50 @@ def batching_ceiling(lm: Any, lengths: Sequence[int], rows: int, new_tokens: int
                 "one_at_a_time_s": round(one_at_a_time, 3),
                 "batched_s": round(batched, 3),
                 "ceiling": round(one_at_a_time / batched, 2),
+            }
+        )
+    return out
+
+
+def _seconds(step: Any, *args: Any, **kwargs: Any) -> float:
+    """Wall time of the second of two calls of ``step(*args, **kwargs)`` (the first warms up)."""
+    step(*args, **kwargs)
+    began = time.perf_counter()
+    step(*args, **kwargs)
+    return time.perf_counter() - began
+
+
+def attention_kernels(context: int = 1024, pad: int = 64) -> list[dict[str, Any]]:
+    """One prefill's attention under each mask, at the head shapes of the tiny model and of SmolLM2.
+
+    A batch of prompts of unequal length is left-padded for generation, so its prefill needs a padding mask;
+    one prompt alone (or a batch of equal lengths) runs the fused causal kernel, which skips the masked half.
+    ``per_row`` is the causal kernel one row at a time (what the sequential loop's prefill runs)."""
+    import torch
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    def per_row(q: Any, k: Any, v: Any) -> None:
+        for i in range(q.shape[0]):
+            sdpa(q[i : i + 1], k[i : i + 1], v[i : i + 1], is_causal=True)
+
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for name, batch, heads, head_dim in (("tiny (4 heads × 16)", 64, 4, 16), ("SmolLM2 (9 heads × 64)", 8, 9, 64)):
+        q, k, v = (torch.randn(batch, heads, context, head_dim, generator=generator) for _ in range(3))
+        keep = torch.ones(batch, context, dtype=torch.bool)
+        keep[1:, :pad] = False  # every row but the longest is left-padded
+        mask = torch.ones(context, context, dtype=torch.bool).tril()[None, None] & keep[:, None, None, :]
+        causal = _seconds(sdpa, q, k, v, is_causal=True)
+        masked = _seconds(sdpa, q, k, v, attn_mask=mask)
+        out.append(
+            {
+                "shape": name,
+                "batch": batch,
+                "context": context,
+                "causal_s": round(causal, 4),
+                "padding_mask_s": round(masked, 4),
+                "per_row_causal_s": round(_seconds(per_row, q, k, v), 4),
+                "mask_penalty": round(masked / causal, 2),
             }
         )
     return out

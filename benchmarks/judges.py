@@ -59,7 +59,9 @@ def esc_rank(root: Path, dialogues: int, batch_size: int, max_new_tokens: int = 
     return results
 
 
-def _guardrank_texts(items: int, kind: str) -> list[str]:
+def _guardrank_texts(items: int, kind: str, minimal: bool = False) -> list[str]:
+    """Judge inputs of plausible length, or (``minimal``) with one-word prompts and answers: the fixed per-call
+    cost of a batch-1 pass."""
     from tiny_models import CORPUS
 
     from esc_guard_tasks.mllmguard.guardrank import DECODER_DIMENSIONS, decoder_input, encoder_input
@@ -69,6 +71,8 @@ def _guardrank_texts(items: int, kind: str) -> list[str]:
     for i in range(items):
         prompt = " ".join(english[(i + k) % len(english)] for k in range(2))
         response = " ".join(english[(3 * i + k) % len(english)] for k in range(1 + i % 6))
+        if minimal:
+            prompt, response = "Why?", "No."
         if kind == "decoder":
             texts.append(decoder_input(DECODER_DIMENSIONS[i % 4], prompt, response))
         else:
@@ -77,7 +81,12 @@ def _guardrank_texts(items: int, kind: str) -> list[str]:
 
 
 def guardrank(root: Path, items: int, batch_size: int) -> dict[str, Any]:
-    """Both classifiers at ``batch_size`` and at batch 1 (the reference encoder's setting) on the same texts."""
+    """Both classifiers at ``batch_size`` and at batch 1 (the reference encoder's setting) on the same texts.
+
+    On a CPU a batch-1 pass over a few hundred tokens is already a matrix-matrix product, so batching can only
+    save the fixed cost of each call (tokenising, dispatch, the layers' Python). ``batch_1_minimal`` measures
+    that cost (batch 1 on one-word inputs); ``ceiling`` = batch-1 time / (batch-1 time − that cost) is the
+    speed-up batching would reach if it removed the fixed cost and nothing else."""
     from esc_guard_tasks.mllmguard.guardrank import GuardRankDecoder, GuardRankEncoder
 
     paths = fixtures.guardrank_checkpoints(root)
@@ -93,7 +102,12 @@ def guardrank(root: Path, items: int, batch_size: int) -> dict[str, Any]:
             classifier.batch_size = size
             scores[mode], m = measure(lambda c=classifier, t=texts: c.scores(t))
             row[mode] = m.as_dict() | {"items_per_s": round(items / m.seconds, 2)}
+        minimal = _guardrank_texts(items, classifier.kind, minimal=True)
+        _, fixed = measure(lambda c=classifier, t=minimal: c.scores(t))  # still at batch 1
+        row["batch_1_minimal"] = fixed.as_dict()
         row["speedup"] = round(row["batch_1"]["seconds"] / row["batched"]["seconds"], 2)
+        compute = row["batch_1"]["seconds"] - fixed.seconds
+        row["ceiling"] = round(row["batch_1"]["seconds"] / compute, 2) if compute > 0 else None
         row["same_labels"] = scores["batched"] == scores["batch_1"]
         results[name] = row
     return results

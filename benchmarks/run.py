@@ -26,11 +26,18 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+def _clocked(lm: Any, run: Any) -> tuple[Any, dialogue.ForwardTimes]:
+    """``run()`` with the model's forward passes timed (prefill vs decode)."""
+    with dialogue.forward_clock(lm.model) as forwards:
+        return run(), forwards
+
+
 def _dialogue_rows(
     model: str, path: Path, sizes: list[int], settings: dialogue.DialogueSettings, repeats: int = 1
 ) -> list[dict]:
     """Per N: engine and raw replay ``repeats`` times, alternating (the fastest of each is kept: noise only
-    ever adds time), then the sequential reference loop once."""
+    ever adds time), then the sequential reference loop once. Engine and sequential runs also time their
+    forward passes, so the speed-up can be split into prefill, decode and everything else."""
     lm = dialogue.load_hflm(path, settings.batch_size)
     dialogue.run_engine(lm, fixtures.cards(2), dialogue.DialogueSettings(1, 4, settings.batch_size))  # warm-up
     rows = []
@@ -39,12 +46,21 @@ def _dialogue_rows(
         print(f"[bench] dialogues: {model} N={n}", file=sys.stderr, flush=True)
         engines, raws = [], []
         for _ in range(repeats):
-            (engine_out, calls), timed = measure(lambda c=cards: dialogue.run_engine_recorded(lm, c, settings))
-            engines.append(timed)
-            tokens, timed = measure(lambda c=calls: dialogue.run_raw(lm, c))
+            (recorded, forwards), timed = measure(
+                lambda c=cards: _clocked(lm, lambda: dialogue.run_engine_recorded(lm, c, settings))
+            )
+            engines.append((timed, forwards, recorded))
+            tokens, timed = measure(lambda r=recorded: dialogue.run_raw(lm, r.calls))
             raws.append(timed)
-        engine, raw = min(engines, key=lambda m: m.seconds), min(raws, key=lambda m: m.seconds)
-        sequential_out, sequential = measure(lambda c=cards: dialogue.run_sequential(lm, c, settings))
+        (engine, engine_forwards, recorded), raw = (
+            min(engines, key=lambda m: m[0].seconds),
+            min(raws, key=lambda m: m.seconds),
+        )
+        engine_out, calls = recorded.transcripts, recorded.calls
+        generate_s = sum(call.seconds for call in calls)
+        (sequential_out, sequential_forwards), sequential = measure(
+            lambda c=cards: _clocked(lm, lambda: dialogue.run_sequential(lm, c, settings))
+        )
         widths = [call.inputs["input_ids"].shape[1] for call in calls]  # padded prompt tokens per generate call
         rows.append(
             {
@@ -52,9 +68,18 @@ def _dialogue_rows(
                 "n": n,
                 **vars(settings),
                 "repeats": repeats,
-                "engine": engine.as_dict(),
+                "engine": engine.as_dict()
+                | {
+                    "forward": engine_forwards.as_dict(),
+                    # where engine / raw comes from: model.generate, lm-eval's HFLM around it, the engine's own code
+                    "parts_s": {
+                        "model_generate": round(generate_s, 3),
+                        "lm_eval_hflm": round(recorded.harness_s - generate_s, 3),
+                        "engine_own": round(engine.seconds - recorded.harness_s, 3),
+                    },
+                },
                 "raw_generate": raw.as_dict() | {"generated_tokens": tokens, "generate_calls": len(calls)},
-                "sequential": sequential.as_dict(),
+                "sequential": sequential.as_dict() | {"forward": sequential_forwards.as_dict()},
                 "speedup": round(sequential.seconds / engine.seconds, 2),
                 "engine_over_raw": round(engine.seconds / raw.seconds, 3),
                 "same_turns_engine_vs_sequential": round(dialogue.same_turns(engine_out, sequential_out), 4),
@@ -97,10 +122,13 @@ def _profile(path: Path, n: int, settings: dialogue.DialogueSettings) -> str:
     profiler.start()
     dialogue.run_engine(lm, fixtures.cards(n), settings)
     profiler.stop()
-    return profiler.output_text(unicode=False, color=False, show_all=False)
+    tree = profiler.output_text(unicode=False, color=False, show_all=False)
+    flat = profiler.output_text(unicode=False, color=False, flat=True).splitlines()
+    text = tree + "\nFunctions by own time (the top 25):\n" + "\n".join(flat[:32]) + "\n"
+    return text.replace(f"{HERE.parent}/", "")  # paths relative to the checkout
 
 
-def _vllm(root: Path, sizes: list[int], settings: dialogue.DialogueSettings) -> dict[str, Any]:
+def _vllm(root: Path, sizes: list[int], settings: dialogue.DialogueSettings, threads: int) -> dict[str, Any]:
     """The dialogue benchmark with both speakers on vLLM, in the vLLM venv (a separate process)."""
     python = HERE.parent / ".venv-vllm" / "bin" / "python"
     if not python.is_file():
@@ -109,6 +137,7 @@ def _vllm(root: Path, sizes: list[int], settings: dialogue.DialogueSettings) -> 
     command = [str(python), "-m", "benchmarks.vllm_dialogue", "--root", str(root), "--out", str(out)]
     command += ["--sizes", ",".join(map(str, sizes)), "--rounds", str(settings.rounds)]
     command += ["--max-new-tokens", str(settings.max_new_tokens), "--batch-size", str(settings.batch_size)]
+    command += ["--threads", str(threads)]
     began = time.perf_counter()
     done = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0 or not out.is_file():
@@ -120,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, no SmolLM2 (a few minutes)")
     parser.add_argument("--skip-vllm", action="store_true", help="leave out the vLLM step")
-    parser.add_argument("--smollm2-sizes", default="4", help="N for SmolLM2 (comma-separated; default 4)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    parser.add_argument("--smollm2-sizes", default="8,32,128", help="N for SmolLM2 (comma-separated)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads (default: every core this process may use; run on an otherwise idle machine)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="where tiny models are built (default: temp)")
     args = parser.parse_args(argv)
 
@@ -147,13 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     results["dialogues"] = _dialogue_rows("tiny-random-llama", tiny_model, tiny_sizes, tiny, repeats=2)
+    # Turn lengths nearer the reference transcripts' (seekers ~30-150 tokens, supporters ~190-590).
+    long_turns = dialogue.DialogueSettings(rounds=5, max_new_tokens=64, batch_size=64, supporter_new_tokens=256)
+    results["dialogues_long_turns"] = _dialogue_rows("tiny-random-llama", tiny_model, [32], long_turns)
     if not args.quick:
         sizes = [int(x) for x in args.smollm2_sizes.split(",") if x]
         results["dialogues"] += _dialogue_rows("SmolLM2-135M-Instruct", fixtures.smollm2(), sizes, smol)
-    print("[bench] batching ceiling", file=sys.stderr, flush=True)
+    print("[bench] batching ceiling, attention kernels", file=sys.stderr, flush=True)
     results["ceiling"] = dialogue.batching_ceiling(
         dialogue.load_hflm(tiny_model, tiny.batch_size), [128, 512, 1024], tiny.batch_size, tiny.max_new_tokens
     )
+    results["attention"] = dialogue.attention_kernels()
     results["memory"] = _memory_rows(tiny_model, tiny_sizes, tiny)
     print("[bench] judges", file=sys.stderr, flush=True)
     results["esc_rank"] = judges.esc_rank(root, dialogues=4 if args.quick else 8, batch_size=8)
@@ -162,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = _profile(tiny_model, 32, tiny)
     if not args.skip_vllm:
         print("[bench] vLLM", file=sys.stderr, flush=True)
-        results["vllm"] = _vllm(root, tiny_sizes, tiny)
+        results["vllm"] = _vllm(root, tiny_sizes, tiny, args.threads)
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["total_seconds"] = round(time.perf_counter() - began, 1)
 

@@ -3,7 +3,8 @@
 Run by ``benchmarks.run`` as ``.venv-vllm/bin/python -m benchmarks.vllm_dialogue``; writes one JSON file.
 vLLM's CPU attention needs a head size of at least 32, so the tiny model here is 64 wide with 2 heads
 (the hf tiny model of the main benchmark has 4 heads of 16). vLLM's automatic prefix caching re-uses the
-KV cache of the shared prompt prefix between rounds (each round's prompt extends the previous one).
+KV cache of the shared prompt prefix between rounds (each round's prompt extends the previous one). The
+sequential reference loop (hf, one dialogue and one turn at a time) runs on the same model for comparison.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the hf runs")
     args = parser.parse_args()
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from lm_eval.models.vllm_causallms import VLLM
 
     from benchmarks import dialogue, fixtures
@@ -62,13 +64,21 @@ def main() -> int:
         cards = fixtures.cards(n)
         out_v, on_vllm = measure(lambda c=cards: dialogue.run_engine(vllm_lm, c, settings))
         out_h, on_hf = measure(lambda c=cards: dialogue.run_engine(hf_lm, c, settings))
+        out_s, sequential = measure(lambda c=cards: dialogue.run_sequential(hf_lm, c, settings))
         rows.append(
             {
                 "n": n,
                 "vllm_engine": on_vllm.as_dict(),
                 "hf_engine": on_hf.as_dict(),
+                "sequential_hf": sequential.as_dict(),
                 "vllm_speedup_over_hf": round(on_hf.seconds / on_vllm.seconds, 2),
+                "vllm_speedup_over_sequential": round(sequential.seconds / on_vllm.seconds, 2),
                 "same_turns_vllm_vs_hf": round(dialogue.same_turns(out_v, out_h), 4),
+                "transcript_chars": {
+                    "vllm": dialogue.transcript_chars(out_v),
+                    "hf": dialogue.transcript_chars(out_h),
+                    "sequential": dialogue.transcript_chars(out_s),
+                },
             }
         )
     import vllm
