@@ -35,6 +35,7 @@ from esc_guard_tasks.report.results import (
     ReportInputError,
     Sample,
     esc_dimensions,
+    nonblank_lines,
     read_samples,
 )
 from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate, bootstrap
@@ -65,13 +66,7 @@ def read_labels(path: Path) -> list[Label]:
     """Parse a label file (format in the module docstring); errors name the file and line."""
     labels: list[Label] = []
     seen: dict[tuple[Any, ...], str] = {}
-    try:
-        lines = Path(path).read_text("utf-8").splitlines()
-    except OSError as error:
-        raise ReportInputError(f"{path}: {error}") from error
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
+    for number, text in nonblank_lines(path):
         where = f"{path}:{number}"
         try:
             item = json.loads(text)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -174,6 +175,17 @@ def _esc_sample(task: str, line: dict[str, Any]) -> EscSample:
     return EscSample(task, transcript.card_id, transcript.language, transcript, verdicts)
 
 
+def nonblank_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a JSON Lines file; an unreadable file is an error naming it."""
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except OSError as error:
+        raise ReportInputError(f"{path}: {error}") from error
+    for number, text in enumerate(lines, 1):
+        if text.strip():
+            yield number, text
+
+
 def read_samples(path: Path) -> tuple[str, list[Sample]]:
     """(task, samples) of one logged-samples file of our tasks; errors name the file and line."""
     found = _SAMPLES_NAME.match(Path(path).name)
@@ -185,13 +197,7 @@ def read_samples(path: Path) -> tuple[str, list[Sample]]:
     if not is_our_task(task):
         raise ReportInputError(f"{path}: task {task!r} is not an ESC-Eval or MLLMGuard task")
     samples: list[Sample] = []
-    try:
-        lines = Path(path).read_text("utf-8").splitlines()
-    except OSError as error:
-        raise ReportInputError(f"{path}: {error}") from error
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
+    for number, text in nonblank_lines(path):
         try:
             line = json.loads(text)
             if task.startswith("mllmguard"):
