@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -207,8 +208,13 @@ def test_load_image_errors_name_the_path(tmp_path: Path, monkeypatch):
 # ------------------------------------------------------------------------------------------ hub
 
 
-def test_hub_download_is_pinned_scoped_and_authenticated(tmp_path: Path, monkeypatch):
-    """Without a local copy: snapshot_download(HUB_REPO, dataset, HUB_REVISION, token, one config's pattern)."""
+def test_hub_download_is_pinned_scoped_and_authenticated(tmp_path: Path, monkeypatch, caplog):
+    """Without a local copy: snapshot_download(HUB_REPO, dataset, HUB_REVISION, token, one config's pattern).
+
+    HUB_REVISION is a full commit sha (a branch name would let the data change under the same settings), and
+    a snapshot that resolves to another commit than the one asked for is named in a warning and recorded.
+    """
+    assert re.fullmatch(r"[0-9a-f]{40}", HUB_REVISION), HUB_REVISION
     snapshot = tmp_path / "hub" / "datasets--Carol0110--MLLMGuard" / "snapshots" / SHA
     write_config(snapshot / "desensitize" / "position-swapping", config_specs()["position-swapping"])
     calls = []
@@ -232,6 +238,7 @@ def test_hub_download_is_pinned_scoped_and_authenticated(tmp_path: Path, monkeyp
     ]
     assert HUB_REPO == "Carol0110/MLLMGuard"
     assert result.revision == SHA and result.origin == f"hub:{HUB_REPO}@{SHA}"
+    assert f"resolved to commit {SHA}; set MLLMGUARD_REVISION" in caplog.text
     assert len(result.queries) == 4 and snapshot in Path(result.queries[0].image_path).parents
     calls.clear()
     with pytest.raises(MLLMGuardDataError, match="has no folder desensitize/bias/"):
@@ -255,7 +262,8 @@ def test_hub_cache_symlinks_into_blobs_are_accepted(tmp_path: Path, monkeypatch)
 
 
 def test_unreachable_hub_says_what_to_do(monkeypatch):
-    """No data_dir, no env, hub failing: the error names the dataset, the token and the local-copy settings."""
+    """No data_dir, no env, hub failing: the error names the dataset and revision, the token, the local-copy
+    settings and the way out of an unknown revision."""
 
     def offline(*args, **kwargs):
         raise ConnectionError("no route to host")
@@ -264,7 +272,8 @@ def test_unreachable_hub_says_what_to_do(monkeypatch):
     with pytest.raises(MLLMGuardDataError) as err:
         load_queries("privacy")
     message = str(err.value)
-    needles = ["Carol0110/MLLMGuard@main", "ConnectionError: no route to host", "gated", "token", "data_dir"]
+    needles = [f"Carol0110/MLLMGuard@{HUB_REVISION}", "ConnectionError: no route to host", "gated", "token", "data_dir"]
+    needles.append("MLLMGUARD_REVISION=main")
     for needle in [*needles, DATA_DIR_ENV, "desensitize/privacy/"]:
         assert needle in message
 

@@ -11,12 +11,14 @@ Sources, first that applies:
    so that the config's images come along with its CSV files; ``token`` is passed through (the dataset
    may be gated: ``token=True`` uses the saved login).
 
-   ``HUB_REVISION`` is ``"main"`` because no full commit sha of the dataset is known here. The evidence
-   (``shared/reference/mllmguard.md`` §1.1): commits ``54c1470`` (initial), ``e7c1fa3``/``60aab9f``
-   ("fix: wrong prompts"), then PRs #2/#3 ("fixed image path", 2024-07-10) merged into main with unknown
-   shas. The hub only accepts full 40-character shas, and the known short ones predate the image-path fix,
-   so ``main`` is the only revision that names the data we want. **On first hub access pin it to the full
-   sha**: the loader logs the commit that ``main`` resolved to and returns it as ``LoadResult.revision``.
+   ``HUB_REVISION`` is the full commit sha ``4263487ca736c99292bac92d89f05eb744773450``. It was not read from
+   the hub (unreachable where this package is built): it is the revision that public evaluation code pins
+   for ``hf download Carol0110/MLLMGuard --revision …`` (verified there in August 2026), and the column
+   layout that code reads at it (``file_name``, ``Reverse Image``, no ``Source``) is the post-PR #2/#3
+   layout below. The other commits on record (``54c1470`` initial, ``e7c1fa3``/``60aab9f`` "fix: wrong
+   prompts") are short shas that predate the image-path fix. ``revision="main"`` (or
+   ``MLLMGUARD_REVISION=main``) takes the newest commit instead; whatever was asked, the loader returns the
+   commit it resolved to as ``LoadResult.revision``, and every result records it.
 
 CSV files are read with the standard ``csv`` module, not ``datasets``' csv builder or pandas: a row with
 too few fields is an error (pandas, under both, silently pads it with empty cells, or NaN), every cell stays
@@ -100,7 +102,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
 HUB_REPO = "Carol0110/MLLMGuard"
-HUB_REVISION = "main"  # pin to the full commit sha on first hub access (see the module docstring)
+HUB_REVISION = "4263487ca736c99292bac92d89f05eb744773450"  # provenance: the module docstring
 HUB_SUBDIR = "desensitize"
 DATA_DIR_ENV = "MLLMGUARD_DATA_DIR"
 
@@ -290,13 +292,14 @@ def download_config(
             f"({type(err).__name__}: {err}). The dataset may be gated: accept its conditions on its hub page and "
             "pass a token (token=True uses the saved `hf auth login`). Without hub access, copy "
             f"{HUB_SUBDIR}/{config}/ (its CSV files and imgs/), or the unmasked release's {config}/ folder, "
-            f"under a folder and pass data_dir=... or set {DATA_DIR_ENV}=/path."
+            f"under a folder and pass data_dir=... or set {DATA_DIR_ENV}=/path. If the hub does not know the "
+            "revision, revision=main (MLLMGUARD_REVISION=main) takes its newest commit."
         ) from None
     root_path = Path(root)
     resolved = root_path.name if re.fullmatch(r"[0-9a-f]{40}", root_path.name) else None
     if resolved and resolved != revision:
         log.warning(
-            "MLLMGuard: %s@%s resolved to commit %s; pin HUB_REVISION to this sha for reproducible runs",
+            "MLLMGuard: %s@%s resolved to commit %s; set MLLMGUARD_REVISION to this sha for reproducible runs",
             HUB_REPO,
             revision,
             resolved,
