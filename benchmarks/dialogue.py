@@ -17,12 +17,15 @@ loop then produce comparable token counts, and their transcripts can be compared
 from __future__ import annotations
 
 import functools
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import rounded
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
 from esc_guard_tasks.esc_eval.protocol import (
     Card,
@@ -33,6 +36,7 @@ from esc_guard_tasks.esc_eval.protocol import (
     role_player_messages,
     supporter_messages,
 )
+from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel
 
 
@@ -63,10 +67,6 @@ def _setups(cards: Sequence[Card]) -> list[DialogueSetup]:
 def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> list[Transcript]:
     """The engine as ``lm_eval --tasks esc_eval`` runs it, the dialogue store on (a fresh SQLite file per run,
     so nothing is resumed)."""
-    import tempfile
-    from pathlib import Path
-
-    from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore
 
     def speaker(role: str) -> LMEvalChatModel:
         return LMEvalChatModel(lm, {"until": [], "max_gen_toks": settings.new_tokens(role), "do_sample": False})
@@ -137,35 +137,48 @@ class EngineRun:
     harness_s: float
 
 
+@contextmanager
+def _shadowed(obj: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """``obj.<name>`` replaced by ``wrap(original)`` while the block runs: an instance attribute shadowing the
+    method, removed afterwards. ``functools.wraps`` keeps the original's signature visible, because callers read
+    it (generate() passes ``logits_to_keep=1`` to a forward that declares it); a bare ``(*args, **kwargs)``
+    wrapper would change what the model computes."""
+    original = getattr(obj, name)
+    setattr(obj, name, functools.wraps(original)(wrap(original)))
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
 def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> EngineRun:
     """``run_engine``, recording every ``model.generate`` call HFLM makes and timing ``generate_until``: the
     engine's own time is the total minus ``harness_s``, lm-eval's is ``harness_s`` minus the calls'."""
-    model = lm.model
     run = EngineRun([], [], 0.0)
-    generate, generate_until = model.generate, lm.generate_until
 
-    @functools.wraps(generate)
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        out = generate(*args, **kwargs)
-        inputs = {k: kwargs[k] for k in ("input_ids", "attention_mask") if k in kwargs}
-        run.calls.append(GenerateCall(inputs, out.shape[1] - inputs["input_ids"].shape[1], time.perf_counter() - began))
-        return out
+    def recording(generate: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            out = generate(*args, **kwargs)
+            inputs = {k: kwargs[k] for k in ("input_ids", "attention_mask") if k in kwargs}
+            new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+            run.calls.append(GenerateCall(inputs, new_tokens, time.perf_counter() - began))
+            return out
 
-    @functools.wraps(generate_until)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return generate_until(*args, **kwargs)
-        finally:
-            run.harness_s += time.perf_counter() - began
+        return call
 
-    # instance attributes: shadow the methods for this run only
-    model.generate, lm.generate_until = recording, timed
-    try:
+    def timed(generate_until: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return generate_until(*args, **kwargs)
+            finally:
+                run.harness_s += time.perf_counter() - began
+
+        return call
+
+    with _shadowed(lm.model, "generate", recording), _shadowed(lm, "generate_until", timed):
         run.transcripts = run_engine(lm, cards, settings)
-    finally:
-        del model.generate, lm.generate_until
     return run
 
 
@@ -199,7 +212,7 @@ class ForwardTimes:
     decode_steps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return rounded(self, 3)
 
 
 @contextmanager
@@ -208,29 +221,25 @@ def forward_clock(model: Any) -> Iterator[ForwardTimes]:
     prefill, a one-position pass a decode step. Whatever else a run spends (templating, tokenising, the
     generate loop's logits processors, lm-eval) is its total minus these two."""
     times = ForwardTimes()
-    original = model.forward
 
-    # wraps: generate() reads forward's signature (e.g. to pass logits_to_keep=1, which limits the prefill's LM
-    # head to the last position); a bare (*args, **kwargs) wrapper would change what the model computes.
-    @functools.wraps(original)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        ids = kwargs.get("input_ids") if "input_ids" in kwargs else args[0]
-        began = time.perf_counter()
-        out = original(*args, **kwargs)
-        elapsed = time.perf_counter() - began
-        if ids.shape[1] > 1:
-            times.prefill_s += elapsed
-            times.prefill_tokens += ids.numel()
-        else:
-            times.decode_s += elapsed
-            times.decode_steps += 1
-        return out
+    def clock(forward: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            ids = kwargs.get("input_ids") if "input_ids" in kwargs else args[0]
+            began = time.perf_counter()
+            out = forward(*args, **kwargs)
+            elapsed = time.perf_counter() - began
+            if ids.shape[1] > 1:
+                times.prefill_s += elapsed
+                times.prefill_tokens += ids.numel()
+            else:
+                times.decode_s += elapsed
+                times.decode_steps += 1
+            return out
 
-    model.forward = timed  # instance attribute: shadows the method for this block only
-    try:
+        return timed
+
+    with _shadowed(model, "forward", clock):
         yield times
-    finally:
-        del model.forward
 
 
 def transcript_chars(transcripts: Sequence[Transcript]) -> int:
@@ -252,17 +261,17 @@ def batching_ceiling(lm: Any, lengths: Sequence[int], rows: int, new_tokens: int
     model = lm.model
     pad = _tokenizer(lm).pad_token_id
     generator = torch.Generator().manual_seed(0)
+
+    def generate(batch: Any) -> None:
+        with torch.inference_mode():
+            model.generate(
+                input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=False,
+                min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=pad,
+            )  # fmt: skip
+
     out = []
     for length in lengths:
         ids = torch.randint(10, model.config.vocab_size, (rows, length), generator=generator)
-
-        def generate(batch: Any) -> None:
-            with torch.inference_mode():
-                model.generate(
-                    input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=False,
-                    min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=pad,
-                )  # fmt: skip
-
         began = time.perf_counter()
         for row in ids:
             generate(row[None])

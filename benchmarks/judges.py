@@ -69,10 +69,11 @@ def _guardrank_texts(items: int, kind: str, minimal: bool = False) -> list[str]:
     english = [s for s in CORPUS if s.isascii()]
     texts = []
     for i in range(items):
-        prompt = " ".join(english[(i + k) % len(english)] for k in range(2))
-        response = " ".join(english[(3 * i + k) % len(english)] for k in range(1 + i % 6))
         if minimal:
             prompt, response = "Why?", "No."
+        else:
+            prompt = " ".join(english[(i + k) % len(english)] for k in range(2))
+            response = " ".join(english[(3 * i + k) % len(english)] for k in range(1 + i % 6))
         if kind == "decoder":
             texts.append(decoder_input(DECODER_DIMENSIONS[i % 4], prompt, response))
         else:

@@ -28,7 +28,12 @@ class Measured:
     load_before: float  # 1-minute load average when the step started
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return rounded(self, 4)
+
+
+def rounded(record: Any, digits: int) -> dict[str, Any]:
+    """A dataclass's fields as a dict, floats rounded (benchmark JSON stays readable)."""
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in vars(record).items()}
 
 
 def measure(step: Callable[[], T], *, trace_heap: bool = False) -> tuple[T, Measured]:

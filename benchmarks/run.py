@@ -52,10 +52,8 @@ def _dialogue_rows(
             engines.append((timed, forwards, recorded))
             tokens, timed = measure(lambda r=recorded: dialogue.run_raw(lm, r.calls))
             raws.append(timed)
-        (engine, engine_forwards, recorded), raw = (
-            min(engines, key=lambda m: m[0].seconds),
-            min(raws, key=lambda m: m.seconds),
-        )
+        engine, engine_forwards, recorded = min(engines, key=lambda m: m[0].seconds)
+        raw = min(raws, key=lambda m: m.seconds)
         engine_out, calls = recorded.transcripts, recorded.calls
         generate_s = sum(call.seconds for call in calls)
         (sequential_out, sequential_forwards), sequential = measure(

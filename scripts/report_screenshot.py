@@ -68,15 +68,15 @@ def mllmguard_run(python: str, work: Path) -> Path:
 
 
 def screenshot(page: Path, png: Path, work: Path) -> None:
-    """Headless Chromium shot of the page's top (charts and leaderboard), trimmed of the empty bottom."""
+    """Headless Chromium shot of the page's top (charts and leaderboard), trimmed of the empty bottom; the page
+    must have written nothing to the browser console."""
     from PIL import Image, ImageChops
-    from report_fixtures import chromium
+    from report_fixtures import render_in_chromium
 
-    shot = work / "full.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-    flags += [f"--window-size={WIDTH},{HEIGHT}", f"--user-data-dir={work / 'profile'}", f"--screenshot={shot}"]
-    subprocess.run([chromium(), *flags, page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
-    with Image.open(shot) as image:
+    rendered = render_in_chromium(page, work, width=WIDTH, height=HEIGHT)
+    if rendered.console:
+        raise SystemExit("the report page wrote to the browser console:\n" + "\n".join(rendered.console))
+    with Image.open(rendered.screenshot) as image:
         rgb = image.convert("RGB")
         box = ImageChops.difference(rgb, Image.new("RGB", rgb.size, "white")).getbbox()
         rgb = rgb.crop((0, 0, rgb.width, min(rgb.height, box[3] + 20))) if box else rgb

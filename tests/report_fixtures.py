@@ -124,8 +124,9 @@ def chromium() -> str:
     pytest.skip("chromium is not installed (apt-get install chromium)")
 
 
-def render_in_chromium(page: Path, work: Path) -> Rendered:
-    """Screenshot the page and dump its DOM after scripts ran; console lines from both runs."""
+def render_in_chromium(page: Path, work: Path, *, width: int = 1200, height: int = 1600) -> Rendered:
+    """Screenshot the page (a ``width`` × ``height`` window) and dump its DOM after scripts ran; console lines
+    from both runs."""
     browser = chromium()
     flags = [
         "--headless",
@@ -137,7 +138,7 @@ def render_in_chromium(page: Path, work: Path) -> Rendered:
         "--no-first-run",
         "--enable-logging=stderr",
         "--v=1",
-        "--window-size=1200,1600",
+        f"--window-size={width},{height}",
     ]
     screenshot = work / "screenshot.png"
     console = []
