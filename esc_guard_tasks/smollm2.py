@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from esc_guard_tasks.cache_dir import cache_dir as default_cache_dir
+from esc_guard_tasks.hub import cache_dir as default_cache_dir
 
 __all__ = ["MODEL_NAME", "default_cache_dir", "ensure_converted", "gguf_path", "main"]
 

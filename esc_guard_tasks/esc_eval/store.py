@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from esc_guard_tasks.cache_dir import cache_dir
+from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.esc_eval.protocol import Card, Turn, prompts
 
 # Bump when the engine's way of turning a history into a turn changes.

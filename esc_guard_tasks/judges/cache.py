@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.cache_dir import cache_dir
+from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest, JudgeStats
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")

@@ -438,7 +438,7 @@ def resolve_in_repo(name: str, repo: str, revision: str | None, what: str) -> Pa
         if not path.exists():
             raise GuardRankWeightsError(f"{what}: {path} does not exist")
         return path
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     inside = local_folder(repo, revision, "GuardRank weights") / name
     if not inside.exists():
@@ -456,7 +456,7 @@ def load_decoder(
     **options: Any,
 ) -> GuardRankDecoder:
     """The decoder from hub ids or local folders (``decoder_model`` is a folder inside ``guardrank`` or a path)."""
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     adapter = resolve_in_repo(decoder_model, guardrank, guardrank_revision, "GuardRank decoder adapter")
     base = local_folder(decoder_base, decoder_base_revision, "GuardRank decoder base (LLaMA-2-7B)")
@@ -473,7 +473,7 @@ def load_encoder(
     **options: Any,
 ) -> GuardRankEncoder:
     """The encoder from hub ids or local folders (``encoder_model`` is a file inside ``guardrank`` or a path)."""
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     weights = resolve_in_repo(encoder_model, guardrank, guardrank_revision, "GuardRank hallucination weights")
     base = local_folder(encoder_base, encoder_base_revision, "GuardRank encoder base (RoBERTa-large)")
