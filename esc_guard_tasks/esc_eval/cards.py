@@ -25,6 +25,10 @@ UPSTREAM_URL = "https://raw.githubusercontent.com/{repo}/{commit}/data/{file}"
 CARD_FILES = {"high": "card_high_{language}.json", "demo": "card_demo_{language}.json"}
 
 
+# The card id column is int64 in the ``datasets`` (Arrow) table every card goes through.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
+
 class CardError(ValueError):
     """A role-card file or record that cannot be used as is."""
 
@@ -68,6 +72,8 @@ def _parse_record(record: Any, where: str, language: Language) -> Card:
             raise CardError(f"{where}: missing required field '{key}'")
     if isinstance(card_id, bool) or not isinstance(card_id, int):
         raise CardError(f"{where}: 'id' must be an integer, got {type(card_id).__name__}")
+    if not ID_MIN <= card_id <= ID_MAX:
+        raise CardError(f"{where}: 'id' must fit a signed 64-bit integer ({ID_MIN} to {ID_MAX}), the dataset's id type")
     base = record["base"]
     if not isinstance(base, str) or not base.strip():
         raise CardError(f"{where}: 'base' must be a non-empty string")

@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.esc_eval.protocol import Card, Turn, prompts
+from esc_guard_tasks.hub import cache_dir
+from esc_guard_tasks.sqlite_files import SQLiteFile, check_file, open_checked
 
 # Bump when the engine's way of turning a history into a turn changes.
 STORE_FORMAT = 1
 STORE_OFF = "none"
+STORE_FILE = SQLiteFile(
+    what="dialogue store",
+    setting="setting dialogue_store; default dialogues.sqlite in the cache folder $ESC_GUARD_CACHE",
+    fix="Move the file away (a new store is started and the turns are generated again),"
+    " or run without a store: dialogue_store=none",
+    table="turns",
+    columns=("dialogue", "turn", "speaker", "text"),
+    create_sql="CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
+    " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))",
+)
 
 
 def dialogue_key(identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str) -> str:
@@ -46,15 +56,7 @@ class DialogueStore(Protocol):
 class SQLiteDialogueStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A long timeout: data-parallel ranks write to the same file.
-        self._db = sqlite3.connect(self.path, timeout=120)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
-            " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))"
-        )
-        self._db.commit()
+        self._db = open_checked(self.path, STORE_FILE)
 
     def __repr__(self) -> str:
         return f"dialogue store {self.path}"
@@ -91,10 +93,20 @@ class SQLiteDialogueStore:
         self._db.close()
 
 
-def open_store(location: str | None) -> SQLiteDialogueStore | None:
-    """``None``: ``dialogues.sqlite`` in the cache folder; ``"none"``: no persistence; else a file path."""
+def store_path(location: str | None) -> Path | None:
+    """``None``: ``dialogues.sqlite`` in the cache folder; ``"none"``: no persistence (None); else a file path."""
     if location is not None and location.strip().lower() == STORE_OFF:
         return None
-    return SQLiteDialogueStore(
-        Path(location).expanduser() if location and location.strip() else cache_dir() / "dialogues.sqlite"
-    )
+    return Path(location).expanduser() if location and location.strip() else cache_dir() / "dialogues.sqlite"
+
+
+def open_store(location: str | None) -> SQLiteDialogueStore | None:
+    path = store_path(location)
+    return None if path is None else SQLiteDialogueStore(path)
+
+
+def check_store(location: str | None) -> None:
+    """Fail now, before any model loads, if the store file exists and is not a usable dialogue store."""
+    path = store_path(location)
+    if path is not None:
+        check_file(path, STORE_FILE)

@@ -33,6 +33,7 @@ from esc_guard_tasks.esc_eval.protocol import (
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
 from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
+from esc_guard_tasks.harness.lm_eval_preflight import check_files
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
@@ -45,6 +46,7 @@ class ESCEvalTask(ConfigurableTask):
         config = {k: v for k, v in (config or {}).items() if k != "class"}
         super().__init__(config=config, **kwargs)
         self.settings = ESCSettings.from_sources(self.config.metadata or {}, os.environ)
+        check_files(self.settings)  # before the role-player or judge loads (lm-eval loaded the supporter already)
         # Resolved settings and identities land in the results JSON (configs → metadata).
         self.config.metadata["esc_eval"] = self.settings.describe()
 

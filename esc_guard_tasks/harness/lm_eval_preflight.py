@@ -1,0 +1,46 @@
+"""ESC-Eval's checks before lm-eval loads any model: settings, the dialogue store and the judge cache.
+
+lm-eval 0.4.13's ``simple_evaluate`` loads the model under test (the supporter) before it builds the tasks,
+so a task's ``__init__`` runs only after the supporter has loaded (minutes for a 7B model). The ``lm_eval``
+CLI resolves the task names (``EvaluatorConfig.process_tasks``) before it calls ``simple_evaluate``, with
+``--model_args`` and ``--metadata`` at hand: the autoload hook wraps that step and, when an ESC-Eval task
+is asked for, runs ``preflight`` there. The task runs ``check_files`` again when it is built (the Python
+API, or ``ESC_GUARD_TASKS_AUTOLOAD=0``): still before the role-player or judge loads and before any request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from esc_guard_tasks.esc_eval.settings import ESCSettings, unknown_key_warnings
+from esc_guard_tasks.esc_eval.store import check_store
+from esc_guard_tasks.judges.cache import check_cache
+
+TASK_PREFIX = "esc_eval"
+log = logging.getLogger("lm_eval.esc_guard_tasks")
+
+
+def check_files(settings: ESCSettings, judging: bool = True) -> None:
+    """The dialogue store and (when a judge will run) the judge cache open and are intact, or a named error."""
+    check_store(settings.dialogue_store)
+    if judging and settings.judge != "none":
+        check_cache()
+
+
+def preflight(
+    tasks: Iterable[Any], metadata: Mapping[str, Any], model_args: Collection[str], *, predict_only: bool = False
+) -> ESCSettings | None:
+    """Check the ESC-Eval settings and files of a CLI run that asks for an ESC-Eval task; None otherwise.
+
+    ``metadata`` is what lm-eval hands every task (``--model_args`` merged with ``--metadata``);
+    ``model_args`` are the supporter's argument names, never warned about as near-miss settings keys."""
+    if not any(isinstance(task, str) and task.startswith(TASK_PREFIX) for task in tasks):
+        return None
+    for warning in unknown_key_warnings(metadata, os.environ, ignore=model_args):
+        log.warning(warning)
+    settings = ESCSettings.from_sources(metadata, os.environ)
+    check_files(settings, judging=not predict_only)
+    return settings
