@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from esc_guard_tasks.esc_rank.convert.base import iter_tensors
 from esc_guard_tasks.esc_rank.convert.files import (
-    MANIFEST,
     SAFE_META,
     ConversionError,
     atomic_dir,
     copy_extras,
-    manifest,
     read_json,
     sha256,
     write_json,
+    write_manifest,
 )
 from esc_guard_tasks.esc_rank.convert.geometry import Geometry, config_source, split_wqkv
 from esc_guard_tasks.esc_rank.convert.tokenizer import SUPERSEDED, convert_tokenizer_into
@@ -154,4 +153,4 @@ def convert_adapter(
     src = Path(src)
     with atomic_dir(Path(dst), overwrite) as out:
         report = convert_adapter_into(src, out, base_config, Path(converted_base), None, tokenizer_check)
-        write_json(out / MANIFEST, manifest({"adapter": report}))
+        write_manifest(out, {"adapter": report})

@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esc_guard_tasks.esc_rank.convert.files import (
-    MANIFEST,
     SAFE_META,
     ConversionError,
     atomic_dir,
     copy_extras,
-    manifest,
     read_json,
     sha256,
     write_json,
+    write_manifest,
 )
 from esc_guard_tasks.esc_rank.convert.geometry import Geometry, llama_config, split_wqkv
 from esc_guard_tasks.esc_rank.convert.tokenizer import SUPERSEDED, check_mode, convert_tokenizer_into
@@ -324,4 +323,4 @@ def convert_base(
         report = convert_base_into(
             src, out, max_shard_size=max_shard_size, rope_scaling=rope_scaling, tokenizer_check=tokenizer_check
         )
-        write_json(out / MANIFEST, manifest({"base": report}))
+        write_manifest(out, {"base": report})

@@ -8,7 +8,7 @@ from typing import Any
 from esc_guard_tasks.esc_eval.rubric import dimensions
 from esc_guard_tasks.esc_rank.convert.adapters import convert_adapter_into
 from esc_guard_tasks.esc_rank.convert.base import DEFAULT_MAX_SHARD_SIZE, convert_base_into
-from esc_guard_tasks.esc_rank.convert.files import MANIFEST, ConversionError, atomic_dir, manifest, write_json
+from esc_guard_tasks.esc_rank.convert.files import ConversionError, atomic_dir, write_manifest
 
 # The 14 folders of haidequanbu/ESC-RANK: one adapter per rubric dimension and language, Chinese ones first.
 ESC_RANK_ADAPTERS = tuple(dimension.adapter(language) for language in ("zh", "en") for dimension in dimensions())
@@ -69,16 +69,14 @@ def convert_esc_rank(
                 folder, target, out / "base", final_base, tokenizers, tokenizer_check
             )
         names = [f.name for f in adapters]
-        write_json(
-            out / MANIFEST,
-            manifest(
-                {
-                    "sources": {"base": str(src_base.resolve()), "adapters": str(src_adapters.resolve())},
-                    "base": {"path": "base", **base_report},
-                    "adapters": {n: {"path": f"adapters/{n}", **r} for n, r in adapter_reports.items()},
-                    "esc_rank_adapters_missing": [n for n in ESC_RANK_ADAPTERS if n not in names],
-                    "extra_adapters": [n for n in names if n not in ESC_RANK_ADAPTERS],
-                }
-            ),
+        write_manifest(
+            out,
+            {
+                "sources": {"base": str(src_base.resolve()), "adapters": str(src_adapters.resolve())},
+                "base": {"path": "base", **base_report},
+                "adapters": {n: {"path": f"adapters/{n}", **r} for n, r in adapter_reports.items()},
+                "esc_rank_adapters_missing": [n for n in ESC_RANK_ADAPTERS if n not in names],
+                "extra_adapters": [n for n in names if n not in ESC_RANK_ADAPTERS],
+            },
         )
     return dst

@@ -109,8 +109,8 @@ def copy_extras(src: Path, dst: Path, skip: set[str]) -> tuple[list[str], list[s
     return copied, dropped
 
 
-def manifest(body: dict[str, Any]) -> dict[str, Any]:
-    """``manifest.json``: ``body`` with the format, the time and the versions that made the conversion."""
+def write_manifest(folder: Path, body: dict[str, Any]) -> None:
+    """``folder/manifest.json``: ``body`` with the format, the time and the versions that made the conversion."""
     import importlib.metadata as md
 
     versions = {}
@@ -119,9 +119,5 @@ def manifest(body: dict[str, Any]) -> dict[str, Any]:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             versions[dist] = None
-    return {
-        "format": MANIFEST_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": versions,
-        **body,
-    }
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(folder / MANIFEST, {"format": MANIFEST_FORMAT, "created": created, "versions": versions, **body})
