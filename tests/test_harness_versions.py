@@ -78,9 +78,9 @@ def test_tasks_are_listed(autoload):
 
 
 def test_tiny_esc_eval_run_through_the_cli(tiny_model: Path, tmp_path: Path):
-    """``lm_eval --tasks esc_eval_demo_en`` with a tiny supporter, role-player and rubric judge: the
-    ``--metadata`` settings reach the task class (rounds, judge, role-player), every dialogue has the turns
-    asked for, and the judged rows land in the results file."""
+    """``lm_eval --tasks esc_eval_demo`` (the group of both languages) with a tiny supporter, role-player and
+    rubric judge: the ``--metadata`` settings reach the task classes (rounds, judge, role-player), every
+    dialogue has the turns asked for, and the judged rows land in the results file for tasks and group."""
     metadata = {
         "role_model": "hf",
         "role_model_args": f"pretrained={tiny_model}",
@@ -99,9 +99,9 @@ def test_tiny_esc_eval_run_through_the_cli(tiny_model: Path, tmp_path: Path):
         "--device",
         "cpu",
         "--tasks",
-        "esc_eval_demo_en",
+        "esc_eval_demo",
         "--limit",
-        "2",
+        "1",
         "--batch_size",
         "2",
         "--apply_chat_template",
@@ -117,13 +117,17 @@ def test_tiny_esc_eval_run_through_the_cli(tiny_model: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr[-5000:]
     (results_file,) = tmp_path.glob("**/results_*.json")
     results = json.loads(results_file.read_text("utf-8"))
-    row = results["results"]["esc_eval_demo_en"]
-    assert {"fluency,none", "average,none", "invalid_rate,none"} <= set(row)
-    settings = results["configs"]["esc_eval_demo_en"]["metadata"]["esc_eval"]
-    assert settings["rounds"] == 1 and settings["judge"]["judge"] == "llm_rubric"
-    assert settings["role_player"]["model"] == str(tiny_model)
-    (samples_file,) = tmp_path.glob("**/samples_esc_eval_demo_en_*.jsonl")
-    samples = [json.loads(line) for line in samples_file.read_text("utf-8").splitlines()]
+    for task in ("esc_eval_demo", "esc_eval_demo_en", "esc_eval_demo_zh"):
+        assert {"fluency,none", "average,none", "invalid_rate,none"} <= set(results["results"][task]), task
+    for task in ("esc_eval_demo_en", "esc_eval_demo_zh"):
+        settings = results["configs"][task]["metadata"]["esc_eval"]
+        assert settings["rounds"] == 1 and settings["judge"]["judge"] == "llm_rubric"
+        assert settings["role_player"]["model"] == str(tiny_model)
+    samples = [
+        json.loads(line)
+        for path in tmp_path.glob("**/samples_esc_eval_demo_*.jsonl")
+        for line in path.read_text("utf-8").splitlines()
+    ]
     assert len(samples) == 2
     for sample in samples:
         judged = json.loads(sample["filtered_resps"][0])

@@ -212,7 +212,10 @@ def _pairs(value: Any) -> dict[str, Any]:
 
 def _registered_model(name: str) -> str:
     """A model name lm-eval's registry knows (checked here, not when the role-player loads after the supporter)."""
-    from lm_eval.api.registry import model_registry
+    try:
+        from lm_eval.api.registry import model_registry
+    except ImportError:  # lm-eval <= 0.4.11: a plain dict under another name
+        from lm_eval.api.registry import MODEL_REGISTRY as model_registry
 
     if len(model_registry) == 0:
         import lm_eval.models  # noqa: F401 - registers the built-in backends

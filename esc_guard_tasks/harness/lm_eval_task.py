@@ -57,8 +57,9 @@ class ESCEvalTask(ConfigurableTask):
     def doc_to_target(self, doc: dict[str, Any], doc_to_target: Any = None) -> str:
         return ""  # no reference answer: a judge scores the transcript
 
-    def fewshot_context(self, doc: dict[str, Any], num_fewshot: int, **kwargs: Any) -> str:
-        # The context is assembled turn by turn during the dialogue, not here.
+    def fewshot_context(self, doc: dict[str, Any], num_fewshot: int, *args: Any, **kwargs: Any) -> str:
+        # The context is assembled turn by turn during the dialogue, not here. (lm-eval <= 0.4.11 passes the
+        # template options positionally, later releases by name.)
         return self.doc_to_text(doc)
 
     def build_all_requests(
