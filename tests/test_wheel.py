@@ -68,7 +68,7 @@ def test_wheel_contents(wheel):
 
 
 @pytest.mark.slow
-def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, esc_data):
+def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, card_dir):
     """`pip install <wheel>` into an empty venv, then plain `lm_eval --tasks esc_eval` (no --include_path,
     no environment variable) runs, and `lm_eval ls tasks` lists the three names."""
     venv = tmp_path / "venv"
@@ -83,7 +83,7 @@ def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, esc_data)
     assert {"esc_eval", "esc_eval_en", "esc_eval_zh"} <= names
 
     metadata = {
-        "data_dir": str(esc_data),
+        "data_dir": str(card_dir),
         "role_model_args": f"pretrained={tiny_model}",
         "role_gen_kwargs": {"max_gen_toks": 4},
         "rounds": 1,

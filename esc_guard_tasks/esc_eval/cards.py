@@ -20,7 +20,7 @@ from esc_guard_tasks.esc_eval.settings import ESCSettings
 
 UPSTREAM_REPO = "haidequanbu/ESC-Eval"
 UPSTREAM_COMMIT = "9ad46e7b5e247e824dae4633910eaa82be668beb"
-UPSTREAM_URL = "https://raw.githubusercontent.com/{repo}/{commit}/data/{file}"
+UPSTREAM_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{folder}/{file}"
 # card_set → file name per language. "demo" cards are our own, shipped in the package.
 CARD_FILES = {"high": "card_high_{language}.json", "demo": "card_demo_{language}.json"}
 
@@ -109,11 +109,12 @@ def read_card_file(path: Path, language: Language) -> list[Card]:
     return parse_cards(text, str(path), language)
 
 
-def fetch_upstream(file_name: str) -> Path:
-    """Download a card file from the pinned upstream commit (cached by ``datasets``)."""
+def fetch_upstream(file_name: str, folder: str = "data") -> Path:
+    """Download a file of the pinned upstream commit (cached by ``datasets``): a card file, or for the tests
+    an example transcript (``folder="result/2024-06-24"``)."""
     from datasets.utils.file_utils import cached_path
 
-    url = UPSTREAM_URL.format(repo=UPSTREAM_REPO, commit=UPSTREAM_COMMIT, file=file_name)
+    url = UPSTREAM_URL.format(repo=UPSTREAM_REPO, commit=UPSTREAM_COMMIT, folder=folder, file=file_name)
     try:
         return Path(cached_path(url))
     except Exception as err:  # noqa: BLE001 - offline, HTTP, proxy or cache errors all need the same advice
