@@ -96,6 +96,7 @@ def _rescore(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="esc-guard", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("task-dir", help="print the task folder (for lm_eval --include_path)").set_defaults(
         run=_task_dir
@@ -127,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # bad input: the message names the file (and line or setting)
+        if args.debug:
+            raise
+        print(f"esc-guard: error: {error} (esc-guard --debug … shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

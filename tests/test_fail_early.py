@@ -73,29 +73,45 @@ def test_bad_settings_fail_through_the_cli_before_the_supporter_loads(
         assert all(name in str(error.value) for name in ("hf", "vllm", "local-chat-completions"))
 
 
-def test_bad_settings_through_the_python_api_fail_before_any_request(tmp_path):
-    """simple_evaluate (no CLI, so no early hook) builds the model first, then the task: the task's own check
-    fails before any request reaches the server (the supporter, role-player and judge all point at it)."""
+@pytest.mark.parametrize("bad", ["setting", "store"])
+def test_bad_input_through_the_python_api_fails_before_any_request(tmp_path, bad):
+    """simple_evaluate (no CLI, so no early hook) builds the model first, then the task: the task's own checks
+    (settings when built, the dialogue store before its requests) fail before any request reaches the server
+    (the supporter, the role-player and the judge all point at it)."""
     import lm_eval
 
     with LoopbackChatServer(lambda body: "Hello.") as server:
-        with pytest.raises(ValueError, match="judge_args max_tokens: must be at least 1"):
+        metadata = {
+            "role_model": "local-chat-completions",
+            "role_model_args": f"model=role,base_url={server.chat_url},tokenizer_backend=none",
+            "rounds": 1,
+            "judge": "llm_rubric",
+            "judge_backend": "openai",
+            "judge_args": f"base_url={server.base_url},model=judge,max_tokens={0 if bad == 'setting' else 4}",
+            "dialogue_store": str(damaged("garbage", tmp_path / "store.sqlite")) if bad == "store" else "none",
+        }
+        expected = "judge_args max_tokens: must be at least 1" if bad == "setting" else "the dialogue store"
+        with pytest.raises(ValueError, match=expected):
             lm_eval.simple_evaluate(
                 model="local-chat-completions",
                 model_args=f"model=supporter,base_url={server.chat_url},tokenizer_backend=none",
                 tasks=[DEMO_EN],
                 limit=1,
                 apply_chat_template=True,
-                metadata={
-                    "role_model": "local-chat-completions",
-                    "role_model_args": f"model=role,base_url={server.chat_url},tokenizer_backend=none",
-                    "rounds": 1,
-                    "judge": "llm_rubric",
-                    "judge_backend": "openai",
-                    "judge_args": f"base_url={server.base_url},model=judge,max_tokens=0",
-                },
+                metadata=metadata,
             )
         assert server.requests == []
+
+
+def test_predict_only_ignores_a_damaged_judge_cache(tiny_model, tmp_path):
+    """--predict_only loads no judge, so a damaged judge cache does not stop it (only the store is checked)."""
+    cache = tmp_path / "esc_guard_cache"
+    cache.mkdir(exist_ok=True)
+    damaged("garbage", cache / "judge_cache.sqlite")
+    judge = {"judge": "llm_rubric", "judge_backend": "openai", "judge_args": "base_url=http://127.0.0.1:9/v1,model=j"}
+    args = tiny_args(tiny_model, tasks=DEMO_EN, limit=1, rounds=1, **judge)
+    run = run_cli([*args, "--predict_only", "--log_samples"], tmp_path / "out")
+    assert len(run.samples[DEMO_EN]) == 1
 
 
 @pytest.mark.parametrize(

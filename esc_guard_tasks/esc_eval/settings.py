@@ -215,7 +215,7 @@ def _registered_model(name: str) -> str:
     try:
         from lm_eval.api.registry import model_registry
     except ImportError:  # lm-eval <= 0.4.11: a plain dict under another name
-        from lm_eval.api.registry import MODEL_REGISTRY as model_registry
+        from lm_eval.api.registry import MODEL_REGISTRY as model_registry  # noqa: N811 - the older name
 
     if len(model_registry) == 0:
         import lm_eval.models  # noqa: F401 - registers the built-in backends

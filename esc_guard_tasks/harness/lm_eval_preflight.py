@@ -4,8 +4,9 @@ lm-eval 0.4.13's ``simple_evaluate`` loads the model under test (the supporter) 
 so a task's ``__init__`` runs only after the supporter has loaded (minutes for a 7B model). The ``lm_eval``
 CLI resolves the task names (``EvaluatorConfig.process_tasks``) before it calls ``simple_evaluate``, with
 ``--model_args`` and ``--metadata`` at hand: the autoload hook wraps that step and, when an ESC-Eval task
-is asked for, runs ``preflight`` there. The task runs ``check_files`` again when it is built (the Python
-API, or ``ESC_GUARD_TASKS_AUTOLOAD=0``): still before the role-player or judge loads and before any request.
+is asked for, runs ``preflight`` there. The task checks its settings again when it is built and its files
+when it builds its requests (the Python API, or ``ESC_GUARD_TASKS_AUTOLOAD=0``): after the supporter has
+loaded, but before the role-player or judge loads and before any request.
 """
 
 from __future__ import annotations

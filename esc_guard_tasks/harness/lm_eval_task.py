@@ -46,7 +46,6 @@ class ESCEvalTask(ConfigurableTask):
         config = {k: v for k, v in (config or {}).items() if k != "class"}
         super().__init__(config=config, **kwargs)
         self.settings = ESCSettings.from_sources(self.config.metadata or {}, os.environ)
-        check_files(self.settings)  # before the role-player or judge loads (lm-eval loaded the supporter already)
         # Resolved settings and identities land in the results JSON (configs → metadata).
         self.config.metadata["esc_eval"] = self.settings.describe()
 
@@ -65,6 +64,8 @@ class ESCEvalTask(ConfigurableTask):
     def build_all_requests(
         self, *, system_instruction: str | None = None, apply_chat_template: bool = False, **kwargs: Any
     ) -> None:
+        # Before any request (the lm_eval CLI checked them before the supporter loaded; the Python API did not).
+        check_files(self.settings, judging="bypass" not in self._metric_fn_list)
         try:
             super().build_all_requests(
                 system_instruction=system_instruction, apply_chat_template=apply_chat_template, **kwargs
