@@ -265,7 +265,8 @@ def pairing_problem(run: Run, task: str, path: Path) -> str | None:
     hash over every logged sample's ``doc_hash`` (``task_hashes``; lm-eval adds ``prompt_hash`` and
     ``target_hash``, lmms-eval the sample's position). Checked where present: the task, the sample count, each
     ``doc_id`` and the hash (which catches another run's documents or prompts and added, dropped or
-    reordered lines; edits to the replies themselves are not hashed by either harness)."""
+    reordered lines; edits to the replies themselves are not hashed by either harness, and lmms-eval gives every
+    MLLMGuard item the same ``doc_hash``, so there the hash pins only the count)."""
     results = run.results
     if task not in results.get("results", {}) and task not in results.get("configs", {}):
         return f"the results have no task {task}"
