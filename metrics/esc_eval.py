@@ -1,10 +1,16 @@
-"""ESC-Eval per-dialogue metrics (``process_results``) for the lm-eval task YAMLs.
+"""ESC-Eval per-dialogue metrics (``process_results``) and the ``average`` aggregation for the lm-eval YAMLs.
 
 With a judge, each of the seven dimensions is the judge's 0–4 score × 25 (the paper's
 0–100 scale); an invalid judge reply is NaN for that dimension, so the ``nanmean``
 aggregation leaves it out of the mean (and its bootstrap stderr) instead of counting it
-as 0. ``average`` is the mean of a dialogue's valid dimension scores; ``invalid_rate``
-the share of its seven replies that were not a single digit 0–4.
+as 0. ``invalid_rate`` is the share of a dialogue's seven replies that were not a single
+digit 0–4.
+
+``average`` is the paper's "Average" column: the mean of the seven dimension rows as
+printed (``mean_of_dimensions``). With invalid replies that differs from the mean of
+per-dialogue averages (each dimension row leaves out its own invalid replies), so each
+dialogue's ``average`` value carries its seven scores to the aggregation
+(``DialogueScores``); the samples show the dialogue's own mean of its valid scores.
 
 Without a judge (``judge=none``) the only row is descriptive: how many utterances came
 back empty.
@@ -14,11 +20,46 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from esc_guard_tasks.esc_eval.protocol import Transcript
 
 SCALE = 25.0  # 0–4 → 0–100
+
+
+class DialogueScores(float):
+    """One dialogue's ``average`` item: as a number, the mean of its valid dimension scores (what the
+    samples log shows); ``scores`` keeps the seven 0–100 scores (NaN = invalid) for ``mean_of_dimensions``."""
+
+    scores: tuple[float, ...]
+
+    def __new__(cls, scores: Sequence[float]) -> DialogueScores:
+        valid = [s for s in scores if not math.isnan(s)]
+        item = super().__new__(cls, sum(valid) / len(valid) if valid else math.nan)
+        item.scores = tuple(float(s) for s in scores)
+        return item
+
+    def __reduce__(self) -> tuple[type, tuple[tuple[float, ...]]]:
+        # pickled across data-parallel ranks and into lm-eval's bootstrap worker processes
+        return (DialogueScores, (self.scores,))
+
+
+def mean_of_dimensions(items: Sequence[DialogueScores]) -> float:
+    """The paper's Average: per dimension the mean over dialogues of its valid scores, then the mean of those
+    seven rows. NaN when a dimension has no valid score at all (its row is NaN, so the printed mean is too)."""
+    if not items:
+        return math.nan
+    for item in items:
+        if not isinstance(item, DialogueScores):
+            raise TypeError(f"ESC-Eval 'average' aggregates DialogueScores items, got {type(item).__name__}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a dimension without any valid score: NaN row
+        rows = np.nanmean(np.array([item.scores for item in items], dtype=float), axis=0)
+    return float(np.mean(rows))
 
 
 def empty_turn_rate(transcript: Transcript) -> float:
@@ -29,13 +70,11 @@ def empty_turn_rate(transcript: Transcript) -> float:
 
 
 def dimension_scores(verdicts: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-dimension 0–100 scores (NaN when invalid), their average, and the invalid rate."""
+    """Per-dimension 0–100 scores (NaN when invalid), the ``average`` item, and the invalid rate."""
     scores = {v["dimension"]: (math.nan if v["score"] is None else v["score"] * SCALE) for v in verdicts}
-    valid = [s for s in scores.values() if not math.isnan(s)]
-    return scores | {
-        "average": sum(valid) / len(valid) if valid else math.nan,
-        "invalid_rate": 1.0 - len(valid) / len(verdicts),
-    }
+    average = DialogueScores(list(scores.values()))
+    valid = sum(not math.isnan(s) for s in scores.values())
+    return scores | {"average": average, "invalid_rate": 1.0 - valid / len(verdicts)}
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

@@ -34,6 +34,7 @@ from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
 from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
 from esc_guard_tasks.harness.lm_eval_preflight import check_files
+from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
@@ -225,4 +226,28 @@ def install_request_type() -> None:
         setattr(LM, REQUEST_TYPE, esc_dialogue)
 
 
+def install_average_stderr() -> None:
+    """Give ``average`` (the mean of the seven dimension rows) a bootstrap stderr over dialogues.
+
+    lm-eval bootstraps the stderr only of its own aggregations (``nanmean``, ``median`` …) and prints
+    "N/A" for a task's own; this gives ``mean_of_dimensions`` the same lm-eval ``bootstrap_stderr``
+    (``--bootstrap_iters`` draws) the dimension rows get. Every other metric keeps lm-eval's choice.
+    """
+    import lm_eval.evaluator_utils as evaluator_utils
+    from lm_eval.api.metrics import bootstrap_stderr
+
+    original = evaluator_utils.stderr_for_metric
+    if getattr(original, "esc_eval_average", False):
+        return
+
+    def stderr_for_metric(metric: Any, bootstrap_iters: int) -> Any:
+        if metric is mean_of_dimensions and bootstrap_iters > 0:
+            return lambda items: bootstrap_stderr(mean_of_dimensions, items, iters=bootstrap_iters)
+        return original(metric, bootstrap_iters)
+
+    stderr_for_metric.esc_eval_average = True  # type: ignore[attr-defined]
+    evaluator_utils.stderr_for_metric = stderr_for_metric
+
+
 install_request_type()
+install_average_stderr()
