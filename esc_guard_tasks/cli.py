@@ -1,4 +1,8 @@
-"""``esc-guard``: the project's command line (task folder, demo)."""
+"""esc-guard: the command line of esc-guard-tasks (ESC-Eval for lm-eval, MLLMGuard for lmms-eval).
+
+Run a demo, locate the task folder, convert the ESC-RANK judge, re-judge saved dialogues, and report results.
+The evaluations themselves run in the harnesses: lm_eval --tasks esc_eval, lmms_eval --tasks mllmguard.
+"""
 
 from __future__ import annotations
 
@@ -95,7 +99,12 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="esc-guard", description=__doc__)
+    from esc_guard_tasks import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="esc-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("task-dir", help="print the task folder (for lm_eval --include_path)").set_defaults(
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo = commands.add_parser("demo", help="run ESC-Eval end to end on the demo cards with SmolLM2-135M")
     demo.add_argument("--output", type=Path, default=DEMO_OUTPUT, help="lm_eval --output_path")
-    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--rounds", type=int, default=3, help="seeker/supporter exchanges per dialogue (default 3)")
     demo.add_argument("--limit", type=int, default=None, help="cards per language")
     demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
     demo.set_defaults(run=_demo)
@@ -119,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     again = commands.add_parser("rescore", help="judge the dialogues of saved --log_samples files again")
     again.add_argument("samples", type=Path, nargs="+", help="samples_<task>_<date>.jsonl files of esc_eval tasks")
-    again.add_argument("--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"])
-    again.add_argument("--judge-backend", default="hf", choices=["hf", "vllm", "openai"])
+    again.add_argument(
+        "--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"], help="which judge (default esc_rank)"
+    )
+    again.add_argument(
+        "--judge-backend", default="hf", choices=["hf", "vllm", "openai"], help="where the judge runs (default hf)"
+    )
     again.add_argument("--judge-args", default="", help="k=v,… as for lm_eval --model_args")
     again.add_argument("--output", type=Path, default=None, help="folder for results and samples (lm-eval layout)")
     again.set_defaults(run=_rescore)

@@ -7,6 +7,8 @@ demo model), so that none of them borrows these helpers from another benchmark's
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -31,3 +33,25 @@ def local_folder(name_or_path: str, revision: str | None, what: str) -> Path:
             "Download it on a machine with hub access (huggingface-cli download …) and pass the local folder "
             "in judge_args."
         ) from None
+
+
+OFFLINE_ADVICE = (
+    "Give a local folder, or a model id that is already in the Hugging Face cache; on a machine without hub access "
+    "set HF_HUB_OFFLINE=1 so that a missing model fails at once instead of after the hub's retries."
+)
+
+
+class ModelLoadError(OSError):
+    """A model, tokenizer, processor or adapter that could not be loaded, named with the setting that chose it."""
+
+
+@contextmanager
+def naming_the_model(what: str, name: object, setting: str) -> Iterator[None]:
+    """Re-raise the ``OSError`` of the loading calls inside (not cached, offline, unknown id, no access) as a
+    ``ModelLoadError`` naming the model and the setting it came from: transformers' own message names neither."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except OSError as err:
+        raise ModelLoadError(f"cannot load the {what} {name!s} (set by {setting}): {err} {OFFLINE_ADVICE}") from err

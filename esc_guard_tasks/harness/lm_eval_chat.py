@@ -21,6 +21,7 @@ from typing import Any, Literal
 from esc_guard_tasks.esc_eval.protocol import Message
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
 from esc_guard_tasks.harness.lm_eval_api import ChatAPISpeaker, is_chat_api
+from esc_guard_tasks.hub import naming_the_model
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -124,7 +125,9 @@ def role_player_lm(settings: ESCSettings, supporter: Any) -> Any:
         from lm_eval.api.registry import get_model
 
         log.info("Loading the role-player: %s (%s)", settings.role_model, settings.role_player_identity()["model"])
-        _ROLE_PLAYERS[key] = get_model(settings.role_model).create_from_arg_obj(args)
+        model = settings.role_player_identity()["model"]
+        with naming_the_model(f"role-player ({settings.role_model})", model, "role_model_args"):
+            _ROLE_PLAYERS[key] = get_model(settings.role_model).create_from_arg_obj(args)
     return _ROLE_PLAYERS[key]
 
 

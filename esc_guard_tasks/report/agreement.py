@@ -242,8 +242,8 @@ def to_markdown(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human", type=Path, nargs="+", required=True, help="label files (JSON Lines, see above)")
     parser.add_argument("--judged", type=Path, nargs="+", required=True, help="logged samples files of our tasks")
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument("--seed", type=int, default=SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     parser.add_argument("--results", type=Path, nargs="+", help="results files the judged samples must belong to")
     parser.add_argument("--force", action="store_true", help="with --results: use samples that do not match")

@@ -284,9 +284,11 @@ def build_report(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", help="results files (lm-eval or lmms-eval)")
     parser.add_argument("--samples", type=Path, nargs="*", default=[], help="logged samples files of those runs")
-    parser.add_argument("--output", type=Path, default=Path("esc_guard_report.html"))
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument(
+        "--output", type=Path, default=Path("esc_guard_report.html"), help="page to write (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--max-samples", type=int, default=MAX_SAMPLES, help="samples shown per task and run")
     parser.add_argument("--force", action="store_true", help="use samples that do not match their results file")
     parser.set_defaults(run=run)
