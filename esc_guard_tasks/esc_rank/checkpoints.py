@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from esc_guard_tasks.esc_rank.convert.bundle import adapter_dirs
 from esc_guard_tasks.hub import cache_dir, local_folder
 
 
@@ -31,10 +32,7 @@ def model_type(folder: Path) -> str:
 
 def adapter_folders(root: Path) -> dict[str, str]:
     """Every adapter below ``root`` by folder name (``fluency``, ``fluency_en``, …)."""
-    found = {p.parent.name: str(p.parent) for p in sorted(root.glob("*/adapter_config.json"))}
-    if not found:
-        raise RuntimeError(f"{root}: no adapter folders (expected <name>/adapter_config.json)")
-    return found
+    return {folder.name: str(folder) for folder in adapter_dirs(root)}
 
 
 def resolve_esc_rank(

@@ -14,7 +14,8 @@ from esc_guard_tasks.esc_rank.convert.files import ConversionError, atomic_dir, 
 ESC_RANK_ADAPTERS = tuple(dimension.adapter(language) for language in ("zh", "en") for dimension in dimensions())
 
 
-def _adapter_dirs(src_adapters: Path) -> list[Path]:
+def adapter_dirs(src_adapters: Path) -> list[Path]:
+    """Every ``<name>/adapter_config.json`` folder below ``src_adapters``; weights without a config are an error."""
     if not src_adapters.is_dir():
         raise ConversionError(f"{src_adapters}: not a folder")
     found = []
@@ -48,7 +49,7 @@ def convert_esc_rank(
     temporary sibling and renamed. Returns ``dst``.
     """
     src_base, src_adapters, dst = Path(src_base), Path(src_adapters), Path(dst)
-    adapters = _adapter_dirs(src_adapters)
+    adapters = adapter_dirs(src_adapters)
     final_base = dst.resolve() / "base"
     tokenizers: dict[str, Any] = {}  # identical tokenizer files (base and 14 adapters) are converted once
     with atomic_dir(dst, overwrite) as out:
