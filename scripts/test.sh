@@ -43,7 +43,7 @@ scripts/setup_vllm.sh
 
 scripts/setup_lmms.sh
 .venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py tests/test_report_mllmguard.py tests/test_security.py \
-    tests/test_lmms_eval_cli.py tests/test_offline_errors.py
+    tests/test_lmms_eval_cli.py tests/test_offline_errors.py tests/test_lmms_models.py
 
 # The smoke subset at the lowest harness releases setup.cfg declares (the full suite above runs the newest).
 scripts/setup_oldest.sh
