@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 
 DEMO_OUTPUT = Path("demo_output")
@@ -21,8 +22,12 @@ def _task_dir(_: argparse.Namespace) -> int:
     return 0
 
 
-def demo_command(output: Path, rounds: int, limit: int | None, max_tokens: int) -> list[str]:
-    """The plain ``lm_eval`` invocation the demo runs (SmolLM2 as supporter and role-player)."""
+def demo_command(
+    output: Path, rounds: int, limit: int | None, max_tokens: int, dialogue_store: Path | None = None
+) -> list[str]:
+    """The plain ``lm_eval`` invocation the demo runs (SmolLM2 as supporter and role-player).
+
+    ``dialogue_store`` is named in the metadata (``none`` when off), so the logged settings show the store used."""
     from esc_guard_tasks.smollm2 import ensure_converted
 
     model_dir = ensure_converted()
@@ -40,6 +45,7 @@ def demo_command(output: Path, rounds: int, limit: int | None, max_tokens: int) 
         },
         "rounds": rounds,
         "judge": "none",
+        "dialogue_store": str(dialogue_store) if dialogue_store else "none",
     }
     command = [
         "lm_eval",
@@ -72,8 +78,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from lm_eval.__main__ import cli_evaluate
 
-    command = demo_command(args.output, args.rounds, args.limit, args.max_tokens)
+    store = demo_store()
+    command = demo_command(args.output, args.rounds, args.limit, args.max_tokens, store)
     print("Running:", shlex.join(command), file=sys.stderr, flush=True)
+    earlier, stored_before = set(args.output.glob("**/samples_esc_eval_demo_*.jsonl")), stored_turns(store)
     sys.argv = command
     cli_evaluate()
     samples = sorted(args.output.glob("**/samples_esc_eval_demo_*.jsonl"))
@@ -85,10 +93,51 @@ def _demo(args: argparse.Namespace) -> int:
         "Judge: none — no quality scores were computed, the table shows only the empty-utterance rate. "
         "ESC-RANK, the default judge of esc_eval, runs on the 7B InternLM2 base (README, 'Judges')."
     )
+    print(store_summary(store, stored_before, [path for path in samples if path not in earlier]))
     print("Transcripts (one JSON line per dialogue, turn by turn):")
     for path in samples:
         print(f"  {path}")
     return 0
+
+
+def demo_store() -> Path | None:
+    """The dialogue store the demo's run uses: ``ESC_EVAL_DIALOGUE_STORE`` or the default file; None when off."""
+    import os
+
+    from esc_guard_tasks.esc_eval.settings import ESCSettings
+    from esc_guard_tasks.esc_eval.store import store_path
+
+    return store_path(ESCSettings.from_sources({}, os.environ).dialogue_store)
+
+
+def stored_turns(store: Path | None) -> int:
+    """How many turns the store file holds (0 when off or not created yet)."""
+    if store is None or not store.is_file():
+        return 0
+    import sqlite3
+
+    from esc_guard_tasks.esc_eval.store import STORE_FILE
+
+    with closing(sqlite3.connect(store)) as db:
+        return int(db.execute(f"SELECT COUNT(*) FROM {STORE_FILE.table}").fetchone()[0])
+
+
+def store_summary(store: Path | None, stored_before: int, samples: list[Path]) -> str:
+    """How many of this run's turns (in ``samples``) came from the dialogue store, and how to regenerate them."""
+    if store is None:
+        return "Dialogue store: off — every turn was generated in this run."
+    total = sum(
+        len(json.loads(json.loads(line)["resps"][0][0])["turns"])
+        for path in samples
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip()
+    )
+    reused = max(0, total - (stored_turns(store) - stored_before))
+    return (
+        f"Dialogue store {store}: {reused} of {total} turns were re-used from an earlier run with the same settings"
+        " (the rest were generated now). To generate every turn again, delete that file or set"
+        " ESC_EVAL_DIALOGUE_STORE=none."
+    )
 
 
 def _rescore(args: argparse.Namespace) -> int:
