@@ -12,8 +12,8 @@ on the same tiny random LLaVA (``tests/test_lmms_eval.py``) and the same tiny da
 colour, so each query is told apart by its prompt and its image). ``tests/lmms_spy.py`` records what each
 local model is given (chat-template conversation and text, processor inputs, ``generate`` arguments and
 effective decoding settings, new tokens); the loopback server (``tests/loopback_server.py``) records what
-``openai`` sends. ``qwen2_5_vl`` and ``vllm`` are not tested here: see the task README ("Which lmms-eval
-model").
+``openai`` sends; a second server that always fails shows what ``openai`` makes of a failed request.
+``qwen2_5_vl`` and ``vllm`` are not tested here: see the task README ("Which lmms-eval model").
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def data(tmp_path_factory) -> Path:
 
 @dataclass
 class Runs:
-    """Every model's run; ``bodies``/``errors``: what the loopback server received from `openai`, and its errors."""
+    """Every run by name; ``bodies``/``errors``: what the answering loopback server received, and its errors."""
 
     models: dict[str, ModelRun]
     bodies: list[dict[str, Any]]
@@ -213,12 +213,13 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tiny_llava, data, tmp_path_factory) -> Runs:
-    """hf_image_text, llava_hf, huggingface and openai on the same model and data, run side by side.
+    """hf_image_text, llava_hf, huggingface and openai on the same model and data, run side by side, and
+    openai once more against a server that answers every request with HTTP 500.
 
     The loopback server answers each `openai` query with what the tiny LLaVA answered it under hf_image_text
     (looked up by prompt text and image pixels): its replies wait until that run has finished.
     """
-    from loopback_server import LoopbackChatServer
+    from loopback_server import LoopbackChatServer, LoopbackHTTPError
     from transformers import AutoTokenizer
 
     answers: dict[Query, str] = {}
@@ -229,16 +230,21 @@ def runs(tiny_llava, data, tmp_path_factory) -> Runs:
             raise RuntimeError("the hf_image_text run did not finish")
         return answers[openai_query(body)]
 
+    def fail(body: dict[str, Any]) -> str:
+        raise LoopbackHTTPError(500, "the server is down")
+
     work = tmp_path_factory.mktemp("runs")
-    with LoopbackChatServer(reply) as server:
-        model_args = {
-            "hf_image_text": f"pretrained={tiny_llava},device=cpu,dtype=float32",
-            "llava_hf": f"pretrained={tiny_llava},device=cpu,device_map=cpu,dtype=float32",
-            "huggingface": f"pretrained={tiny_llava},device=cpu,device_map=cpu",
-            "openai": f"model={OPENAI_MODEL},base_url={server.base_url},api_key=loopback,max_retries=1,timeout=900",
+    with LoopbackChatServer(reply) as server, LoopbackChatServer(fail) as failing:
+        api = f"model={OPENAI_MODEL},api_key=loopback,max_retries=1,retry_backoff_s=0,timeout=900,base_url="
+        model_args = {  # run name: (--model, --model_args)
+            "hf_image_text": ("hf_image_text", f"pretrained={tiny_llava},device=cpu,dtype=float32"),
+            "llava_hf": ("llava_hf", f"pretrained={tiny_llava},device=cpu,device_map=cpu,dtype=float32"),
+            "huggingface": ("huggingface", f"pretrained={tiny_llava},device=cpu,device_map=cpu"),
+            "openai": ("openai", api + server.base_url),
+            "openai_failing": ("openai", api + failing.base_url),
         }
         loopback = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-        started = {name: start_cli(work / name, data, name, args, **loopback) for name, args in model_args.items()}
+        started = {name: start_cli(work / name, data, *model, **loopback) for name, model in model_args.items()}
         models = {"hf_image_text": finish_cli(started.pop("hf_image_text"))}
         try:
             tokenizer = AutoTokenizer.from_pretrained(tiny_llava)
@@ -370,3 +376,15 @@ def test_openai_model_sends_what_hf_image_text_is_given(runs, reference):
         assert not expected.effective["do_sample"]
     assert run.answers() == runs.models["hf_image_text"].answers()
     assert _same_rows(_rows(run), _rows(runs.models["hf_image_text"]))
+
+
+def test_openai_model_turns_a_failed_request_into_an_answer(runs):
+    """lmms-eval's `openai` model, after max_retries failed attempts, returns "[LMMS_EVAL_REQUEST_FAILED after N
+    retries] …" as the model's answer, and the task judges it like any answer (the run completes, every query
+    of the judged task gets a verdict): the task README tells users of `openai` to search the samples for it."""
+    run = runs.models["openai_failing"]
+    assert_completed(run)
+    answers = run.answers()
+    assert len(answers) == expected_query_count()
+    assert all(answer.startswith("[LMMS_EVAL_REQUEST_FAILED after 1 retries]") for answer in answers.values())
+    assert all(isinstance(sample["judge"]["score"], int) for sample in run.samples["mllmguard_privacy"])
