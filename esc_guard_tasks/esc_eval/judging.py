@@ -29,6 +29,8 @@ from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest
 
 ESC_RANK_BASE = "internlm/internlm2-chat-7b"
 ESC_RANK_ADAPTERS = "haidequanbu/ESC-RANK"
+# The reference scorer (score.py) loads InternLM2 + ESC-RANK in float16; judge_args dtype=… overrides it.
+ESC_RANK_DTYPE = "float16"
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def _hf_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
     from esc_guard_tasks.judges.hf_lora import HFLoraJudge
 
     options = {k: args.pop(k) for k in HF_ARGS if k in args}
+    if judge == "esc_rank":
+        options.setdefault("dtype", ESC_RANK_DTYPE)
     base, adapters, identity = _local_weights(judge, args)
     return HFLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)
 
@@ -131,5 +135,7 @@ def _vllm_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
     from esc_guard_tasks.judges.vllm_lora import VLLMLoraJudge
 
     options = {k: args.pop(k) for k in VLLM_ARGS if k in args}
+    if judge == "esc_rank":
+        options.setdefault("dtype", ESC_RANK_DTYPE)
     base, adapters, identity = _local_weights(judge, args)
     return VLLMLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)

@@ -121,6 +121,8 @@ class ESCEvalTask(ConfigurableTask):
         if self.settings.judge == "none" or "bypass" in self._metric_fn_list:
             return
         judge = get_judge(self.settings)
+        # what actually judged (resolved weights, dtype, score mode), beside the settings it was built from
+        self.config.metadata["esc_eval"]["judge"]["identity"] = judge.identity()
         for key in self._instances[0].filtered_resps:
             records = [json.loads(instance.filtered_resps[key]) for instance in self._instances]
             transcripts = [Transcript.from_dict(r) for r in records]
