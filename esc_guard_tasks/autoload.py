@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
 _PATCHED = "_esc_guard_tasks_include"
@@ -51,7 +52,7 @@ def task_dir(harness: str = "lm_eval") -> Path:
 
 def _same_path(a: object, b: Path) -> bool:
     try:
-        return Path(os.fspath(a)).resolve() == b.resolve()
+        return Path(os.fspath(cast(Any, a))).resolve() == b.resolve()
     except (TypeError, OSError):
         return False
 
@@ -138,7 +139,7 @@ def patch_evaluator_config(module: ModuleType) -> None:
     ``simple_evaluate`` loads the model under test before it builds any task; the CLI resolves the task
     names (``EvaluatorConfig.process_tasks``) before that, knowing ``--model_args`` and ``--metadata``.
     """
-    cls = getattr(module, "EvaluatorConfig", None)
+    cls: Any = getattr(module, "EvaluatorConfig", None)
     original = getattr(cls, "process_tasks", None)
     if original is None or getattr(cls, _PATCHED, False):
         return

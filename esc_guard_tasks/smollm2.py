@@ -80,7 +80,7 @@ def _convert(source: Path, dest: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=getattr(torch, dtype))
     # The GGUF quantizer always reports "not serializable" although the weights are dense
     # by now; forget it so save_pretrained works and the folder loads as a plain model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types module attributes as Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # The GGUF has no separate output matrix: lm_head shares the input embeddings.

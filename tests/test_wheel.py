@@ -65,6 +65,11 @@ def test_wheel_contents(wheel):
     assert "[lm_eval.tasks]" in text and "esc_guard_tasks = esc_guard_tasks.task_yamls.lm_eval" in text
     assert "[lmms_eval.models]" in text
     assert "hf_image_text = esc_guard_tasks.harness.lmms_eval_discovery:model_manifests" in text
+    # typed package, the lmms_eval command, and the licence texts beside the metadata
+    assert "esc_guard_tasks/py.typed" in names
+    assert "lmms_eval = esc_guard_tasks.lmms_eval_cli:main" in text
+    licences = {n.rsplit("/", 1)[-1] for n in names if ".dist-info/" in n}
+    assert {"LICENSE", "NOTICE"} <= licences
 
 
 @pytest.mark.slow

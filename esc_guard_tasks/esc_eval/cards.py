@@ -132,7 +132,7 @@ def load_cards(language: Language, card_set: str = "high", data_dir: str | os.Pa
         raise CardError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
     file_name = card_file_name(card_set, language)
     if card_set == "demo":
-        demo = resources.files(__package__).joinpath("demo_cards", file_name)
+        demo = resources.files(__package__).joinpath("demo_cards").joinpath(file_name)
         return parse_cards(demo.read_text("utf-8"), f"demo card file {file_name}", language)
     if data_dir:
         return read_card_file(Path(data_dir) / file_name, language)

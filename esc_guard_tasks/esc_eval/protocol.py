@@ -88,7 +88,7 @@ class Transcript:
     def from_reference_lines(cls, lines: list[str], card_id: int, language: Language) -> Transcript:
         """Parse the reference's transcript format (upstream ``result/*.json`` values)."""
         prefix = prompts()["protocol"]["transcript_prefix"]
-        by_prefix = {prefix["role_player"]: "seeker", prefix["supporter_or_greeting"]: "supporter"}
+        by_prefix: dict[str, Speaker] = {prefix["role_player"]: "seeker", prefix["supporter_or_greeting"]: "supporter"}
 
         def split(line: str) -> tuple[Speaker, str]:
             for tag, speaker in by_prefix.items():

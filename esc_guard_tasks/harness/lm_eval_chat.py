@@ -161,7 +161,9 @@ class RolePlayerChat:
 
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
         if self._chat is None:
-            seeding = "request" if self.settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+            seeding: Literal["request", "global"] = (
+                "request" if self.settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+            )
             lm = role_player_lm(self.settings, self.supporter)
             self._chat = LMEvalChatModel(lm, self.settings.role_gen_kwargs, seeding=seeding)
         return self._chat.generate(conversations, seeds)

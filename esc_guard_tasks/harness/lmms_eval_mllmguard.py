@@ -561,7 +561,7 @@ def _options(state: TaskState) -> dict[str, Any]:
 
 def _report(records: list[dict[str, Any]], config: str, state: TaskState) -> dict[str, Any]:
     options = _options(state)
-    report = {"all": scores.config_result(records, config, **options).to_dict()}
+    report: dict[str, Any] = {"all": scores.config_result(records, config, **options).to_dict()}
     for language in mdata.LANGUAGES:
         subset = [r for r in records if r.get("language") == language]
         if subset:

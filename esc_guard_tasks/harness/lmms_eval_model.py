@@ -221,7 +221,7 @@ class HFImageTextModel(lmms):
             model_load["device_map"] = device_map
         with naming_the_model("hf_image_text model", pretrained, "--model_args pretrained"):
             self.processor = AutoProcessor.from_pretrained(pretrained, **load)
-            model = AutoModelForImageTextToText.from_pretrained(pretrained, **model_load)
+            model: Any = AutoModelForImageTextToText.from_pretrained(pretrained, **model_load)
         if not device_map:
             model = model.to(self.device)
         self.model = model.eval()

@@ -67,7 +67,7 @@ class HFLoraJudge:
             raise ValueError(f"judge tokenizer at {pretrained} has no chat template")
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         with naming_the_model("judge model", pretrained, "judge_args pretrained"):
-            model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype)
+            model: Any = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype)
         if adapters:
             from peft import PeftModel
 

@@ -257,7 +257,7 @@ class GuardRankDecoder(_BatchedClassifier):
         self.tokenizer.truncation_side = "right"
         self.pad_id = int(self.tokenizer.eos_token_id)
 
-        placement = {"device_map": "auto"} if self.device == "auto" else {}
+        placement: dict[str, Any] = {"device_map": "auto"} if self.device == "auto" else {}
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=self.num_labels, dtype=torch_dtype(dtype), **placement
         )
@@ -309,7 +309,7 @@ class GuardRankDecoder(_BatchedClassifier):
                 "GuardRank adapter_config.json (task_type=%s, modules_to_save=%s) does not make peft restore the "
                 "classification head; loading score.weight from the adapter file directly",
                 config.task_type,
-                config.modules_to_save,
+                getattr(config, "modules_to_save", None),
             )
             fresh = torch.nn.Linear(head.shape[1], head.shape[0], bias=False).to(weight)
             fresh.weight.copy_(head.to(weight))

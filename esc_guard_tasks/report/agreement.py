@@ -111,12 +111,13 @@ def pair_up(labels: list[Label], samples: list[Sample]) -> tuple[dict[tuple[str,
     """Pairs per (benchmark, dimension), and what could not be paired (labels without a sample, samples
     without a label)."""
     by_key: dict[tuple[Any, ...], Sample] = {}
+    sample: Sample | None
     for sample in samples:
         if sample.key in by_key:
             raise ReportInputError(f"judged sample {sample.key[1:]} appears twice in the samples given")
         by_key[sample.key] = sample
     pairs: dict[tuple[str, str], Pairs] = {}
-    unmatched_labels = []
+    unmatched_labels: list[Any] = []
     labelled: set[tuple[Any, ...]] = set()
     for label in labels:
         sample = by_key.get(label.key)
@@ -177,7 +178,12 @@ def agreement(pairs: Pairs, seed: int = SEED, resamples: int = RESAMPLES) -> dic
     """Every statistic with its bootstrap interval (items resampled as pairs)."""
     human, judge = np.array(pairs.human), np.array(pairs.judge)
     return {
-        name: bootstrap(len(human), lambda i, f=function: f(human[i], judge[i]), seed=seed, resamples=resamples)
+        name: bootstrap(
+            len(human),
+            lambda i, f=function: f(human[i], judge[i]),  # type: ignore[misc]  # mypy cannot type a defaulted lambda
+            seed=seed,
+            resamples=resamples,
+        )
         for name, function in _statistics(pairs.scale_max).items()
     }
 

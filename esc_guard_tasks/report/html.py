@@ -125,7 +125,7 @@ def _resampled(units: list[list[dict[str, Any]]], indices: np.ndarray) -> list[d
 def _guard_value(records: list[dict[str, Any]], dimension: str, name: str, scale: str) -> float:
     """ASD or PAR of a dimension (mean of its configs) or of ``mllmguard`` (mean of the five); NaN propagates."""
     wanted = DIMENSIONS if dimension == MLLMGUARD_GROUP else (dimension,)
-    options = {"hallucination_scale": scale, "on_unpaired": "exclude"}
+    options: dict[str, Any] = {"hallucination_scale": scale, "on_unpaired": "exclude"}
     per_dimension = [
         np.mean(
             [getattr(guard_metrics.config_result(records, c, **options), name) for c, d in DIMENSION.items() if d == w]
@@ -159,7 +159,7 @@ def guard_estimates(run: Run, name: str, seed: int, resamples: int) -> list[Esti
             continue
         drawn = bootstrap(
             len(units),
-            lambda i, d=dimension, u=units: _guard_value(_resampled(u, i), d, name, scale),
+            lambda i, d=dimension, u=units: _guard_value(_resampled(u, i), d, name, scale),  # type: ignore[misc]
             seed=seed,
             resamples=resamples,
         )
@@ -172,7 +172,7 @@ def _image(path: str | None) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # type: ignore[arg-type]
             image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="PNG")

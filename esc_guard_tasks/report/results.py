@@ -15,7 +15,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -214,7 +214,7 @@ def read_samples(path: Path) -> tuple[str, list[Sample]]:
     return task, samples
 
 
-def load_runs(results_paths: list[Path], samples_paths: list[Path] = (), *, force: bool = False) -> list[Run]:
+def load_runs(results_paths: Sequence[Path], samples_paths: Sequence[Path] = (), *, force: bool = False) -> list[Run]:
     """Results files, each with the samples files of its run, checked to belong to it (``check_pairing``).
 
     A samples file belongs to the results file with the same date stamp (the same folder when several have
@@ -300,7 +300,7 @@ def _refuse_duplicate_runs(runs: list[Run]) -> None:
     for run in runs:
         results = run.results
         started = results.get("date", results.get("start_time"))
-        keys = [("path", run.path.resolve())]
+        keys: list[tuple[Any, ...]] = [("path", run.path.resolve())]
         if started is not None:
             keys.append(("run", run.model, str(started), json.dumps(results.get("task_hashes"), sort_keys=True)))
         for key in keys:

@@ -113,7 +113,7 @@ def write_manifest(folder: Path, body: dict[str, Any]) -> None:
     """``folder/manifest.json``: ``body`` with the format, the time and the versions that made the conversion."""
     import importlib.metadata as md
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("esc-guard-tasks", "torch", "transformers", "safetensors", "tokenizers", "sentencepiece"):
         try:
             versions[dist] = md.version(dist)

@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from esc_guard_tasks.esc_eval.protocol import prompts
 from esc_guard_tasks.esc_eval.rubric import internlm2_prompt
@@ -101,7 +101,7 @@ def _load_sp_proto(path: Path) -> Any:
             f"{path}: converting the tokenizer needs the 'sentencepiece' and 'protobuf' packages ({err}); "
             "pip install sentencepiece protobuf"
         ) from None
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
     try:
         proto.ParseFromString(path.read_bytes())
     except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends
@@ -174,7 +174,7 @@ def _build_tokenizer_json(
             byte_fallback=spec.byte_fallback,
         )
     )
-    steps = []
+    steps: list[normalizers.Normalizer] = []
     if norm.precompiled_charsmap:
         steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
     if norm.remove_extra_whitespaces:
@@ -223,11 +223,11 @@ def _build_tokenizer_json(
     single, pair = "$A:0", "$A:0 $B:1"
     if add_bos:
         single, pair = f"{bos}:0 {single}", f"{bos}:0 $A:0 {bos}:1 $B:1"
-        specials.append((bos, tok.token_to_id(bos)))
+        specials.append((bos, tok.token_to_id(cast(str, bos))))
     if add_eos:
         single = f"{single} {eos}:0"
         pair = pair.replace("$A:0", f"$A:0 {eos}:0").replace("$B:1", f"$B:1 {eos}:1")
-        specials.append((eos, tok.token_to_id(eos)))
+        specials.append((eos, tok.token_to_id(cast(str, eos))))
     if any(i is None for _, i in specials):
         raise ConversionError(f"{where}: bos/eos token {specials} not in the vocabulary")
     tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
@@ -347,7 +347,7 @@ def convert_tokenizer_into(
     if (src / "chat_template.jinja").is_file():
         shutil.copyfile(src / "chat_template.jinja", out / "chat_template.jinja")
     norm = proto.normalizer_spec
-    report: dict[str, Any] = {
+    report = {
         "source_sha256": sha256(model),
         "pieces": len(proto.pieces),
         "vocab_with_added": size,
