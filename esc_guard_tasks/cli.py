@@ -186,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--judge-args", default="", help="k=v,… as for lm_eval --model_args")
     again.add_argument("--output", type=Path, default=None, help="folder for results and samples (lm-eval layout)")
     again.set_defaults(run=_rescore)
+    from esc_guard_tasks.report import transcripts
+
+    transcripts.add_arguments(
+        commands.add_parser(
+            "transcripts",
+            help="write the ESC-Eval dialogues of logged samples as JSON Lines or in the reference's result/ layout",
+            description=transcripts.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     from esc_guard_tasks import report
 
     report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
