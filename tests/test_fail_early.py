@@ -319,3 +319,12 @@ def test_huge_card_id_fails_through_the_cli_before_any_request(tmp_path):
             run_cli(args, tmp_path / "out")
         assert server.requests == []
     assert f"{tmp_path / 'card_high_en.json'}: record 1 (id {2**63}): 'id' must fit a signed 64-bit" in str(error.value)
+
+
+def test_bad_card_fails_through_the_cli_before_the_supporter_loads(tiny_model, tmp_path, supporter_loads):
+    """The lm_eval CLI reads the requested tasks' cards before the model under test loads: a bad card file stops
+    the run naming the file and record with no model constructed (before, only after the supporter had loaded)."""
+    (tmp_path / "card_high_en.json").write_text(cards_json(-(2**63) - 1), "utf-8")
+    with pytest.raises(CardError, match=r"card_high_en.json: record 1 \(id -9223372036854775809\)"):
+        run_cli(tiny_args(tiny_model, tasks="esc_eval_en", limit=1, data_dir=str(tmp_path)), tmp_path / "out")
+    assert supporter_loads == []

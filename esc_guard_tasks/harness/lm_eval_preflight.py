@@ -1,4 +1,4 @@
-"""ESC-Eval's checks before lm-eval loads any model: settings, the dialogue store and the judge cache.
+"""ESC-Eval's checks before lm-eval loads any model: settings, the dialogue store, the judge cache, the cards.
 
 lm-eval 0.4.13's ``simple_evaluate`` loads the model under test (the supporter) before it builds the tasks,
 so a task's ``__init__`` runs only after the supporter has loaded (minutes for a 7B model). The ``lm_eval``
@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from esc_guard_tasks.esc_eval.cards import load_cards
+from esc_guard_tasks.esc_eval.protocol import LANGUAGES
 from esc_guard_tasks.esc_eval.settings import ESCSettings, unknown_key_warnings
 from esc_guard_tasks.esc_eval.store import check_store
 from esc_guard_tasks.judges.cache import check_cache
 
 TASK_PREFIX = "esc_eval"
+# Our task and group names: esc_eval[_demo][_en|_zh] (the YAMLs' card_set and language).
+TASK_NAME = re.compile(r"esc_eval(?P<demo>_demo)?(?:_(?P<language>en|zh))?")
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
 
@@ -44,4 +49,18 @@ def preflight(
         log.warning(warning)
     settings = ESCSettings.from_sources(metadata, os.environ)
     check_files(settings, judging=not predict_only)
+    check_cards(tasks, settings)
     return settings
+
+
+def check_cards(tasks: Iterable[Any], settings: ESCSettings) -> None:
+    """Read and validate the role cards of every ESC-Eval task asked for (the task reads them again when built,
+    from the same files or the ``datasets`` download cache), so a bad card fails before the supporter loads."""
+    wanted: set[tuple[str, str]] = set()
+    for task in tasks:
+        found = TASK_NAME.fullmatch(task) if isinstance(task, str) else None
+        if found:
+            languages = [found["language"]] if found["language"] else LANGUAGES
+            wanted |= {(language, "demo" if found["demo"] else "high") for language in languages}
+    for language, card_set in sorted(wanted):
+        load_cards(language, card_set, settings.data_dir)
