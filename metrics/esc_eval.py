@@ -12,8 +12,10 @@ per-dialogue averages (each dimension row leaves out its own invalid replies), s
 dialogue's ``average`` value carries its seven scores to the aggregation
 (``DialogueScores``); the samples show the dialogue's own mean of its valid scores.
 
-Without a judge (``judge=none``) the only row is descriptive: how many utterances came
-back empty.
+Two rows are descriptive and computed with or without a judge: how many utterances came back
+empty, and how many turns had a prompt longer than the speaker's context, which lm-eval cut from
+the left (``truncated_turn_rate``, absent when no turn could be measured; see
+``harness/lm_eval_context.py``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def empty_turn_rate(transcript: Transcript) -> float:
     return sum(not t.text for t in transcript.turns) / len(transcript.turns)
 
 
+def truncated_turn_rate(transcript: Transcript) -> float | None:
+    """Share of the measured turns (both speakers) whose prompt the harness cut to fit the model's context;
+    None when no turn could be measured (API backends do not say; transcripts from elsewhere)."""
+    measured = [t.prompt_truncated for t in transcript.turns if t.prompt_truncated is not None]
+    return sum(measured) / len(measured) if measured else None
+
+
 def dimension_scores(verdicts: list[dict[str, Any]]) -> dict[str, float]:
     """Per-dimension 0–100 scores (NaN when invalid), the ``average`` item, and the invalid rate."""
     scores = {v["dimension"]: (math.nan if v["score"] is None else v["score"] * SCALE) for v in verdicts}
@@ -84,6 +93,8 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     if transcript.card_id != doc["card_id"]:
         raise RuntimeError(f"transcript of card {transcript.card_id} was matched to card {doc['card_id']}")
     metrics = {"empty_turn_rate": empty_turn_rate(transcript)}
+    if (truncated := truncated_turn_rate(transcript)) is not None:
+        metrics["truncated_turn_rate"] = truncated
     if judged:
         metrics |= dimension_scores(record["verdicts"])
     return metrics

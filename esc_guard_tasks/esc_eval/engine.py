@@ -44,6 +44,15 @@ class ChatModel(Protocol):
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]: ...
 
 
+def prompt_truncation(model: ChatModel, conversations: Sequence[list[Message]]) -> list[bool | None]:
+    """Per history, whether the speaker's backend will cut its prompt to fit its context (None: unknown).
+
+    A speaker may offer ``prompt_truncation(conversations)``; the engine records the answer with each turn
+    (and the store keeps it), so an overflowing context is counted, never silently absorbed."""
+    measure = getattr(model, "prompt_truncation", None)
+    return list(measure(conversations)) if measure is not None else [None] * len(conversations)
+
+
 @dataclass(frozen=True)
 class DialogueSetup:
     """What differs per dialogue: the card, and what the supporter is told about itself."""
@@ -132,10 +141,11 @@ class DialogueEngine:
         else:
             model = self.supporter
             views = [supporter_messages(s.supporter_system_prompt, t) for s, t in zip(setups, transcripts, strict=True)]
+        truncated = prompt_truncation(model, views)
         replies = model.generate(views, [turn_seed(seed, turn) for seed in seeds])
         if len(replies) != len(transcripts):
             raise RuntimeError(f"the {speaker} returned {len(replies)} replies for {len(transcripts)} dialogues")
-        new = [Turn(speaker, reply.strip()) for reply in replies]
+        new = [Turn(speaker, reply.strip(), cut) for reply, cut in zip(replies, truncated, strict=True)]
         for transcript, t in zip(transcripts, new, strict=True):
             transcript.turns.append(t)
         if self.store is not None:

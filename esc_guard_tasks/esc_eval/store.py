@@ -33,6 +33,11 @@ STORE_FILE = SQLiteFile(
     create_sql="CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
     " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))",
 )
+# Beside a turn, whether its prompt was cut to fit the speaker's context (absent: not measured).
+TRUNCATION_SQL = (
+    "CREATE TABLE IF NOT EXISTS prompt_truncation (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
+    " truncated INTEGER NOT NULL, PRIMARY KEY (dialogue, turn))"
+)
 
 
 def dialogue_key(identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str) -> str:
@@ -57,6 +62,8 @@ class SQLiteDialogueStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._db = open_checked(self.path, STORE_FILE)
+        with self._db:
+            self._db.execute(TRUNCATION_SQL)
 
     def __repr__(self) -> str:
         return f"dialogue store {self.path}"
@@ -67,11 +74,12 @@ class SQLiteDialogueStore:
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             rows = self._db.execute(
-                f"SELECT dialogue, turn, speaker, text FROM turns WHERE dialogue IN ({','.join('?' * len(chunk))})"
-                " ORDER BY dialogue, turn",
+                "SELECT turns.dialogue, turns.turn, speaker, text, truncated FROM turns LEFT JOIN prompt_truncation"
+                " USING (dialogue, turn)"
+                f" WHERE turns.dialogue IN ({','.join('?' * len(chunk))}) ORDER BY turns.dialogue, turns.turn",
                 chunk,
             ).fetchall()
-            for key, index, speaker, text in rows:
+            for key, index, speaker, text, truncated in rows:
                 turns = found.setdefault(key, [])
                 expected = "seeker" if index % 2 == 0 else "supporter"
                 if index != len(turns) or speaker != expected:
@@ -79,7 +87,7 @@ class SQLiteDialogueStore:
                         f"{self}: dialogue {key[:12]}… has turn {index} ({speaker}) where turn {len(turns)}"
                         f" ({expected}) belongs; delete the file to start afresh"
                     )
-                turns.append(Turn(speaker, text))
+                turns.append(Turn(speaker, text, None if truncated is None else bool(truncated)))
         return found
 
     def save(self, turns: Sequence[tuple[str, int, Turn]]) -> None:
@@ -87,6 +95,13 @@ class SQLiteDialogueStore:
             self._db.executemany(
                 "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?)",
                 [(key, index, turn.speaker, turn.text) for key, index, turn in turns],
+            )
+            self._db.executemany(
+                "DELETE FROM prompt_truncation WHERE dialogue = ? AND turn = ?", [(k, i) for k, i, _ in turns]
+            )
+            self._db.executemany(
+                "INSERT INTO prompt_truncation VALUES (?, ?, ?)",
+                [(k, i, int(t.prompt_truncated)) for k, i, t in turns if t.prompt_truncated is not None],
             )
 
     def close(self) -> None:

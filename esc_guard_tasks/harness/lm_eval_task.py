@@ -33,6 +33,7 @@ from esc_guard_tasks.esc_eval.protocol import (
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
 from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
+from esc_guard_tasks.harness.lm_eval_context import report_truncation
 from esc_guard_tasks.harness.lm_eval_preflight import check_files
 from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions
 
@@ -216,10 +217,12 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
                 bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
                 bar.update(1)
 
-            return engine.run(setups, on_turn)
+            transcripts = engine.run(setups, on_turn)
     finally:
         if store is not None:
             store.close()
+    report_truncation(transcripts, {"seeker": settings.role_model, "supporter": identity["supporter"]["backend"]})
+    return transcripts
 
 
 def install_request_type() -> None:
