@@ -39,6 +39,13 @@ from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
+# Written into the results of every llm_rubric run and logged once (numbers: the paper's Table 4, EN/ZH).
+LLM_RUBRIC_NOTE = (
+    "judge=llm_rubric: a general chat model given ESC-RANK's rubric prompts, not the trained ESC-RANK; its scores"
+    " are not comparable with ESC-RANK's (in the paper's judge comparison, Table 4, GPT-4 with these prompts agrees"
+    " exactly with human labels on 32.15/35.98% of verdicts (EN/ZH), ESC-RANK on 70.53/71.27%)"
+)
+_NOTED: set[str] = set()
 
 
 class ESCEvalTask(ConfigurableTask):
@@ -50,6 +57,8 @@ class ESCEvalTask(ConfigurableTask):
         self.settings = ESCSettings.from_sources(self.config.metadata or {}, os.environ)
         # Resolved settings and identities land in the results JSON (configs → metadata).
         self.config.metadata["esc_eval"] = self.settings.describe()
+        if self.settings.judge == "llm_rubric":
+            self.config.metadata["esc_eval"]["judge"]["note"] = LLM_RUBRIC_NOTE
 
     def doc_to_text(self, doc: dict[str, Any], doc_to_text: Any = None) -> str:
         card = card_from_doc(doc)
@@ -122,6 +131,9 @@ class ESCEvalTask(ConfigurableTask):
         if self.settings.judge == "none" or "bypass" in self._metric_fn_list:
             return
         judge = get_judge(self.settings)
+        if self.settings.judge == "llm_rubric" and "llm_rubric" not in _NOTED:
+            _NOTED.add("llm_rubric")
+            log.warning("ESC-Eval %s", LLM_RUBRIC_NOTE)
         # what actually judged (resolved weights, dtype, score mode), beside the settings it was built from
         self.config.metadata["esc_eval"]["judge"]["identity"] = judge.identity()
         for key in self._instances[0].filtered_resps:
