@@ -140,7 +140,11 @@ def load_cards(language: Language, card_set: str = "high", data_dir: str | os.Pa
 
 
 def load_card_dataset(language: Language, card_set: str = "high", **metadata: Any):
-    """lm-eval ``custom_dataset`` entry: called with task metadata and ``dataset_kwargs``."""
+    """lm-eval ``custom_dataset`` entry: called with task metadata and ``dataset_kwargs``.
+
+    One row (doc) per dialogue: with ``trials`` > 1 each card gives ``trials`` rows in a row, card by card,
+    each with its ``trial`` index (so ``--limit``/``--samples`` count dialogues; a multiple of ``trials`` keeps
+    whole cards). With one trial the rows are the cards alone, exactly as before trials existed."""
     import datasets
 
     settings = ESCSettings.from_sources(metadata, os.environ)
@@ -148,7 +152,14 @@ def load_card_dataset(language: Language, card_set: str = "high", **metadata: An
     rows = [
         {"card_id": c.id, "language": c.language, "base": c.base, "source": c.source, "topic": c.topic} for c in cards
     ]
+    if settings.trials > 1:
+        rows = [row | {"trial": trial} for row in rows for trial in range(settings.trials)]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def trial_of_doc(doc: dict[str, Any]) -> int:
+    """The doc's trial index: 0 in a single-trial run, whose rows carry none."""
+    return int(doc.get("trial", 0))
 
 
 def card_from_doc(doc: dict[str, Any]) -> Card:

@@ -59,15 +59,19 @@ class DialogueSetup:
 
     card: Card
     supporter_system_prompt: str
+    # Which play of the card (``trials`` setting): its own seeds and store key; trial 0 is the single-trial dialogue.
+    trial: int = 0
 
 
 # Called after each speaker's batch with (round index, speaker that just spoke).
 ProgressCallback = Callable[[int, Speaker], None]
 
 
-def dialogue_seed(run_seed: int, card: Card) -> int:
-    """A per-dialogue seed that does not depend on which other cards share the batch."""
-    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}".encode())
+def dialogue_seed(run_seed: int, card: Card, trial: int = 0) -> int:
+    """A per-dialogue seed that does not depend on which other cards share the batch; trial 0 keeps the seed
+    of a run without trials, so a single-trial run's dialogues are the first trial of a multi-trial run."""
+    suffix = f":{trial}" if trial else ""
+    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}{suffix}".encode())
 
 
 def turn_seed(dialogue: int, turn_index: int) -> int:
@@ -89,10 +93,10 @@ class DialogueEngine:
         transcripts = [Transcript.start(s.card) for s in setups]
         if not setups:
             return transcripts
-        keys = [dialogue_key(self.identity, self.seed, s.card, s.supporter_system_prompt) for s in setups]
+        keys = [dialogue_key(self.identity, self.seed, s.card, s.supporter_system_prompt, s.trial) for s in setups]
         if self.store is not None:
             self._resume(self.store, transcripts, keys)
-        seeds = [dialogue_seed(self.seed, s.card) for s in setups]
+        seeds = [dialogue_seed(self.seed, s.card, s.trial) for s in setups]
         for round_index in range(self.rounds):
             for speaker in ("seeker", "supporter"):
                 turn = 2 * round_index + (speaker == "supporter")

@@ -61,6 +61,8 @@ class ESCSettings:
     role_gen_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ROLE_GEN_KWARGS))
     rounds: int = 5
     seed: int = 1234
+    # Dialogues per card, each with its own seeker seeds (trial 0 is the single-trial run's dialogue).
+    trials: int = 1
     data_dir: str | None = None
     judge: str = "esc_rank"
     judge_backend: str = "hf"
@@ -130,6 +132,7 @@ class ESCSettings:
         return {
             "rounds": self.rounds,
             "seed": self.seed,
+            "trials": self.trials,
             "data_dir": self.data_dir,
             "role_player": self.role_player_identity(),
             "judge": self.judge_identity(),
@@ -168,10 +171,10 @@ def _checked(key: str, value: Any) -> Any:
     """One key's value, checked and converted; ValueError says what the key accepts."""
     from esc_guard_tasks.esc_eval import checks
 
-    if key in ("rounds", "seed"):
+    if key in ("rounds", "seed", "trials"):
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
-        return checks.integer(1 if key == "rounds" else None)(value)
+        return checks.integer(None if key == "seed" else 1)(value)
     if key == "role_gen_kwargs":
         overrides = checks.checked(_pairs(value), checks.GEN_KWARGS, "role_gen_kwargs")
         # null removes a default (e.g. top_k for APIs that reject it)

@@ -40,9 +40,15 @@ TRUNCATION_SQL = (
 )
 
 
-def dialogue_key(identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str) -> str:
-    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts."""
+def dialogue_key(
+    identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str, trial: int = 0
+) -> str:
+    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts, trial.
+
+    Trial 0 has the key of a dialogue made before trials existed, so existing stores stay valid."""
     payload = [STORE_FORMAT, prompts(), dict(identity), seed, asdict(card), supporter_system_prompt]
+    if trial:
+        payload.append({"trial": trial})
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 

@@ -21,7 +21,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
-from esc_guard_tasks.esc_eval.cards import card_from_doc
+from esc_guard_tasks.esc_eval.cards import card_from_doc, trial_of_doc
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import (
@@ -35,7 +35,7 @@ from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
 from esc_guard_tasks.harness.lm_eval_context import report_truncation
 from esc_guard_tasks.harness.lm_eval_preflight import check_files
-from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions
+from esc_guard_tasks.metrics.esc_eval import OverCards, card_clusters, mean_of_dimensions
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
@@ -221,7 +221,10 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
         store=store,
         identity=identity,
     )
-    setups = [DialogueSetup(card, supporter["system_prompt"]) for card in cards]
+    setups = [
+        DialogueSetup(card, supporter["system_prompt"], trial_of_doc(r.doc))
+        for card, r in zip(cards, requests, strict=True)
+    ]
     try:
         with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
 
@@ -244,23 +247,34 @@ def install_request_type() -> None:
 
 
 def install_average_stderr() -> None:
-    """Give ``average`` (the mean of the seven dimension rows) a bootstrap stderr over dialogues.
+    """Give ``average`` (the mean of the seven dimension rows) a bootstrap stderr, and resample cards in
+    multi-trial runs.
 
     lm-eval bootstraps the stderr only of its own aggregations (``nanmean``, ``median`` …) and prints
     "N/A" for a task's own; this gives ``mean_of_dimensions`` the same lm-eval ``bootstrap_stderr``
-    (``--bootstrap_iters`` draws) the dimension rows get. Every other metric keeps lm-eval's choice.
+    (``--bootstrap_iters`` draws) the dimension rows get. When the items carry their card (``trials`` > 1),
+    the same bootstrap of ``nanmean`` and ``mean_of_dimensions`` draws cards with all their trials instead of
+    single dialogues: the trials of a card share the card and the supporter, so they are not independent
+    draws. Every other metric keeps lm-eval's choice.
     """
     import lm_eval.evaluator_utils as evaluator_utils
-    from lm_eval.api.metrics import bootstrap_stderr
+    from lm_eval.api.metrics import bootstrap_stderr, nanmean
 
     original = evaluator_utils.stderr_for_metric
     if getattr(original, "esc_eval_average", False):
         return
 
     def stderr_for_metric(metric: Any, bootstrap_iters: int) -> Any:
-        if metric is mean_of_dimensions and bootstrap_iters > 0:
-            return lambda items: bootstrap_stderr(mean_of_dimensions, items, iters=bootstrap_iters)
-        return original(metric, bootstrap_iters)
+        if metric not in (mean_of_dimensions, nanmean) or bootstrap_iters <= 0:
+            return original(metric, bootstrap_iters)
+
+        def stderr(items: Sequence[Any]) -> float:
+            clusters = card_clusters(items)
+            if clusters is None:
+                return bootstrap_stderr(metric, items, iters=bootstrap_iters)
+            return bootstrap_stderr(OverCards(metric), clusters, iters=bootstrap_iters)
+
+        return stderr
 
     stderr_for_metric.esc_eval_average = True  # type: ignore[attr-defined]
     evaluator_utils.stderr_for_metric = stderr_for_metric

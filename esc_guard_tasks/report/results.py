@@ -137,17 +137,19 @@ class Verdict:
 
 @dataclass
 class EscSample:
-    """One judged (or unjudged) ESC-Eval dialogue: identity = (card_id, language)."""
+    """One judged (or unjudged) ESC-Eval dialogue: identity = (card_id, language), plus the trial when the run
+    played each card several times (``trials``; trial 0 keeps the single-trial identity, so runs still pair)."""
 
     task: str
     card_id: int
     language: str
     transcript: Transcript
     verdicts: list[Verdict]
+    trial: int = 0
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("esc_eval", self.card_id, self.language)
+        return ("esc_eval", self.card_id, self.language, *((self.trial,) if self.trial else ()))
 
     def score(self, dimension: str) -> int | None:
         return next((v.score for v in self.verdicts if v.dimension == dimension), None)
@@ -174,7 +176,8 @@ def _esc_sample(task: str, line: dict[str, Any]) -> EscSample:
     judged = "verdicts" in record
     transcript = Transcript.from_dict(record["transcript"] if judged else record)
     verdicts = [Verdict(v["dimension"], v["score"], v["raw"]) for v in record.get("verdicts", [])]
-    return EscSample(task, transcript.card_id, transcript.language, transcript, verdicts)
+    trial = int((line.get("doc") or {}).get("trial", 0))
+    return EscSample(task, transcript.card_id, transcript.language, transcript, verdicts, trial)
 
 
 def nonblank_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -7,6 +7,6 @@ lives in the package: this file only names it.
 
 from esc_guard_tasks.esc_eval.cards import load_card_dataset
 from esc_guard_tasks.harness.lm_eval_task import ESCEvalTask
-from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions, process_results
+from esc_guard_tasks.metrics.esc_eval import mean_of_dimensions, process_results, trial_sd
 
-__all__ = ["ESCEvalTask", "load_card_dataset", "mean_of_dimensions", "process_results"]
+__all__ = ["ESCEvalTask", "load_card_dataset", "mean_of_dimensions", "process_results", "trial_sd"]
