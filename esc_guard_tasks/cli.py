@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     from esc_guard_tasks import report
 
     report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
+    from esc_guard_tasks.esc_rank import verify
+
+    verify.add_arguments(commands.add_parser("verify", help="check a judge setup against the reference's own scores"))
     args = parser.parse_args(argv)
     try:
         return args.run(args)
