@@ -269,3 +269,18 @@ def test_one_trial_equals_a_run_without_the_setting(tiny_model, card_dir, tmp_pa
     for task, samples in plain.samples.items():
         keep = ("doc_id", "doc", "resps", "filtered_resps", "doc_hash", "empathy", "average")
         assert [{k: s[k] for k in keep} for s in one.samples[task]] == [{k: s[k] for k in keep} for s in samples]
+
+
+def test_cached_requests_of_another_trials_setting_are_refused(tiny_model, card_dir, tmp_path, monkeypatch):
+    """lm-eval's --cache_requests key ignores --metadata: requests cached by a trials=1 run are refused by a
+    trials=2 run (with the fix), never played as if they were its own."""
+    import lm_eval.caching.cache as request_cache
+
+    monkeypatch.setattr(request_cache, "PATH", str(tmp_path / "requests"))
+    cached = ["--cache_requests", "true", "--apply_chat_template"]
+    run_cli([*tiny_args(tiny_model, tasks="esc_eval_en", data_dir=str(card_dir), rounds=1), *cached], tmp_path / "a")
+    with pytest.raises(ValueError, match="esc_eval_en: the requests lm-eval's --cache_requests gave.*refresh"):
+        run_cli(
+            [*tiny_args(tiny_model, tasks="esc_eval_en", data_dir=str(card_dir), rounds=1, trials=2), *cached],
+            tmp_path / "b",
+        )

@@ -90,6 +90,7 @@ class ESCEvalTask(ConfigurableTask):
                     f" at least one: use --limit >= {world_size} or fewer processes"
                 ) from None
             raise
+        self._check_cached_docs()
         # Re-stamp every request with the current settings: lm-eval's --cache_requests key
         # ignores --metadata and --gen_kwargs, so cached instances may carry stale ones.
         supporter = {
@@ -101,6 +102,19 @@ class ESCEvalTask(ConfigurableTask):
         for instance in self._instances:
             instance.request_type = REQUEST_TYPE
             instance.arguments = (self.doc_to_text(instance.doc), self._dialogue_spec(supporter))
+
+    def _check_cached_docs(self) -> None:
+        """Requests from lm-eval's --cache_requests must hold docs of this run: its key ignores --metadata, so a
+        run with another ``trials`` (or other cards) would otherwise play the cached docs instead of its own.
+        (Not caught: a cache of fewer trials than this run's, both above 1; its docs are a subset of this run's.)"""
+        docs = {json.dumps(doc, sort_keys=True, default=str) for doc in self.eval_docs}
+        for instance in self._instances:
+            if json.dumps(instance.doc, sort_keys=True, default=str) not in docs:
+                raise ValueError(
+                    f"{self.config.task}: the requests lm-eval's --cache_requests gave are not this run's docs"
+                    f" (doc {instance.doc_id}: built with another trials setting or other cards, which its cache key"
+                    " ignores); rerun with --cache_requests refresh"
+                )
 
     def _dialogue_spec(self, supporter: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
