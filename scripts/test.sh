@@ -44,7 +44,9 @@ scripts/setup_vllm.sh
 scripts/setup_lmms.sh
 .venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py tests/test_report_mllmguard.py tests/test_security.py \
     tests/test_lmms_eval_cli.py tests/test_offline_errors.py tests/test_lmms_models.py
+# lmms-eval's lowest declared release is the one the step above runs in full; this checks that it is.
+ESC_GUARD_EXPECT_OLDEST=lmms-eval .venv-lmms/bin/pytest tests/test_harness_versions.py -k declared_lowest
 
-# The smoke subset at the lowest harness releases setup.cfg declares (the full suite above runs the newest).
+# lm-eval: the smoke subset at the lowest declared release (the full suite above runs the newest).
 scripts/setup_oldest.sh
-ESC_GUARD_EXPECT_OLDEST=1 .venv-oldest/bin/pytest -m oldest tests/test_harness_versions.py
+ESC_GUARD_EXPECT_OLDEST=lm-eval .venv-oldest/bin/pytest -m oldest tests/test_harness_versions.py
