@@ -60,13 +60,13 @@ def load_hflm(path: Any, batch_size: int) -> Any:
     return HFLM(pretrained=str(path), device="cpu", batch_size=batch_size)
 
 
-def _setups(cards: Sequence[Card]) -> list[DialogueSetup]:
-    return [DialogueSetup(card, default_supporter_system_prompt()) for card in cards]
+def _setups(cards: Sequence[Card], trials: int = 1) -> list[DialogueSetup]:
+    return [DialogueSetup(card, default_supporter_system_prompt(), trial) for card in cards for trial in range(trials)]
 
 
-def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> list[Transcript]:
+def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings, trials: int = 1) -> list[Transcript]:
     """The engine as ``lm_eval --tasks esc_eval`` runs it, the dialogue store on (a fresh SQLite file per run,
-    so nothing is resumed)."""
+    so nothing is resumed); ``trials`` dialogues per card, all in the same batches as the task's ``trials``."""
 
     def speaker(role: str) -> LMEvalChatModel:
         return LMEvalChatModel(lm, {"until": [], "max_gen_toks": settings.new_tokens(role), "do_sample": False})
@@ -75,7 +75,7 @@ def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> li
         store = SQLiteDialogueStore(Path(folder) / "dialogues.sqlite")
         engine = DialogueEngine(speaker("seeker"), speaker("supporter"), settings.rounds, store=store)
         try:
-            return engine.run(_setups(cards))
+            return engine.run(_setups(cards, trials))
         finally:
             store.close()
 
@@ -151,7 +151,7 @@ def _shadowed(obj: Any, name: str, wrap: Callable[[Callable[..., Any]], Callable
         delattr(obj, name)
 
 
-def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettings) -> EngineRun:
+def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettings, trials: int = 1) -> EngineRun:
     """``run_engine``, recording every ``model.generate`` call HFLM makes and timing ``generate_until``: the
     engine's own time is the total minus ``harness_s``, lm-eval's is ``harness_s`` minus the calls'."""
     run = EngineRun([], [], 0.0)
@@ -178,7 +178,7 @@ def run_engine_recorded(lm: Any, cards: Sequence[Card], settings: DialogueSettin
         return call
 
     with _shadowed(lm.model, "generate", recording), _shadowed(lm, "generate_until", timed):
-        run.transcripts = run_engine(lm, cards, settings)
+        run.transcripts = run_engine(lm, cards, settings, trials)
     return run
 
 

@@ -190,6 +190,7 @@ def write_report(results: dict[str, Any], report: Path, plot: Path) -> None:
         *_dialogue_table(results),
         "",
         *_split_lines(results),
+        *_trials_lines(results.get("trials")),
         *_ceiling_lines(results.get("ceiling")),
         *_attention_lines(results.get("attention")),
         "## Memory (tiny model, tracemalloc on: driver Python heap; RSS sampled every 20 ms)",
@@ -243,6 +244,33 @@ def write_report(results: dict[str, Any], report: Path, plot: Path) -> None:
     if ANALYSIS.is_file():
         lines += [ANALYSIS.read_text("utf-8").rstrip(), ""]
     report.write_text("\n".join(lines))
+
+
+def _trials_lines(trials: dict[str, Any] | None) -> list[str]:
+    """What ``trials=3`` costs against ``trials=1`` (the same cards; the trials share the batches)."""
+    if not trials:
+        return []
+    one, *more = trials["rows"]
+    lines = [
+        f"## Trials: `trials=3` against `trials=1` ({trials['model']}, {trials['cards']} cards)",
+        "",
+        f"The engine as `lm_eval` runs it, {trials['rounds']} rounds, up to {trials['max_new_tokens']} new tokens a"
+        f" turn, batches of up to {trials['batch_size']} rows; both runs back to back on the same model object"
+        f" (measured {trials.get('measured', 'with the suite')}). Each card's trials join the same round-synchronous"
+        " batches, so a run makes the same number of calls while the dialogues (and the judge's work, not measured"
+        " here: every dialogue is judged) triple. Both speakers decode greedily here, so every trial's turns are as"
+        " long as trial 0's; with the sampled help-seeker of a real run they vary.",
+        "",
+        "| trials | dialogues | `generate` calls | generated token slots | s | × trials=1 s | RSS Δ MB | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in (one, *more):
+        lines.append(
+            f"| {row['trials']} | {row['dialogues']} | {row['generate_calls']} | {row['generated_token_slots']} | "
+            f"{row['seconds']:.2f} | {row['seconds'] / one['seconds']:.2f}× | {row['rss_delta_mb']:.0f} | "
+            f"{row['load_before']:.1f} |"
+        )
+    return [*lines, ""]
 
 
 def _ceiling_lines(ceiling: list[dict[str, Any]] | None) -> list[str]:

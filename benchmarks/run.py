@@ -1,4 +1,4 @@
-"""The benchmark command: ``python -m benchmarks.run [--quick] [--skip-vllm]``.
+"""The benchmark command: ``python -m benchmarks.run [--quick] [--skip-vllm] [--only-trials]``.
 
 Writes ``benchmarks/results/latest.json``, ``benchmarks/REPORT.md`` and ``benchmarks/results/speedup.png``.
 Every comparison runs its contestants back to back on the same model object and the same inputs, so
@@ -88,6 +88,46 @@ def _dialogue_rows(
     return rows
 
 
+def _trials(path: Path, n: int, settings: dialogue.DialogueSettings) -> dict[str, Any]:
+    """What ``trials=3`` costs against ``trials=1``: the same N cards through the engine as ``lm_eval`` runs it,
+    back to back on the same model object (the faster of two runs each: noise only ever adds time)."""
+    lm = dialogue.load_hflm(path, settings.batch_size)
+    dialogue.run_engine(lm, fixtures.cards(2), dialogue.DialogueSettings(1, 4, settings.batch_size))  # warm-up
+    cards = fixtures.cards(n)
+    rows = []
+    for trials in (1, 3):
+        print(f"[bench] trials: N={n} trials={trials}", file=sys.stderr, flush=True)
+        runs = [measure(lambda t=trials: dialogue.run_engine_recorded(lm, cards, settings, t)) for _ in range(2)]
+        recorded, timed = min(runs, key=lambda m: m[1].seconds)
+        slots = sum(call.new_tokens * call.inputs["input_ids"].shape[0] for call in recorded.calls)
+        rows.append(
+            {
+                "trials": trials,
+                "dialogues": len(recorded.transcripts),
+                "generate_calls": len(recorded.calls),
+                "generated_token_slots": slots,
+                **timed.as_dict(),
+            }
+        )
+    return {"model": "tiny-random-llama", "cards": n, "rounds": settings.rounds, "batch_size": settings.batch_size,
+            "max_new_tokens": settings.max_new_tokens, "rows": rows}  # fmt: skip
+
+
+def _only_trials(root: Path, threads: int) -> int:
+    """Measure the trials cost alone and put it into the committed results and report (the rest unchanged)."""
+    results = json.loads((RESULTS / "latest.json").read_text())
+    tiny = dialogue.DialogueSettings(rounds=5, max_new_tokens=32, batch_size=64)
+    results["trials"] = _trials(fixtures.tiny_chat_model(root), 16, tiny)
+    results["trials"]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    results["trials"]["torch_threads"] = threads
+    from benchmarks.report import write_report
+
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, HERE / "REPORT.md", RESULTS / "speedup.png")
+    print(f"[bench] added the trials measurement to {HERE / 'REPORT.md'}", file=sys.stderr)
+    return 0
+
+
 def _memory_rows(path: Path, sizes: list[int], settings: dialogue.DialogueSettings) -> list[dict]:
     """A separate pass with tracemalloc on (it slows Python down): the driver's heap vs transcript text."""
     lm = dialogue.load_hflm(path, settings.batch_size)
@@ -155,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads (default: every core this process may use; run on an otherwise idle machine)",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="where tiny models are built (default: temp)")
+    parser.add_argument(
+        "--only-trials",
+        action="store_true",
+        help="measure only trials=3 vs trials=1 and add it to the existing results and report (a minute)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -163,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="esc-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.only_trials:
+        return _only_trials(root, args.threads)
     tiny_sizes = [8, 32] if args.quick else [8, 32, 128]
     tiny = dialogue.DialogueSettings(rounds=5, max_new_tokens=32, batch_size=64)
     smol = dialogue.DialogueSettings(rounds=5, max_new_tokens=16, batch_size=64)
@@ -191,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["attention"] = dialogue.attention_kernels()
     results["memory"] = _memory_rows(tiny_model, tiny_sizes, tiny)
+    results["trials"] = _trials(tiny_model, 16, tiny)
     print("[bench] judges", file=sys.stderr, flush=True)
     results["esc_rank"] = judges.esc_rank(root, dialogues=4 if args.quick else 8, batch_size=8)
     results["guardrank"] = judges.guardrank(root, items=64 if args.quick else 256, batch_size=16)

@@ -67,6 +67,17 @@ def test_recorded_engine_run_replays_to_the_same_calls_and_splits_its_time(lm):
     assert [c.new_tokens for c in recorded.calls] == [4, 6, 4, 6]  # the per-speaker budgets (no row stops early)
 
 
+def test_trials_share_the_engine_calls(lm):
+    """The trials measurement runs what the task runs: three trials of N cards are 3·N dialogues in the same
+    generate calls as one trial (each call three times wider)."""
+    settings = dialogue.DialogueSettings(rounds=2, max_new_tokens=4, batch_size=8)
+    cards = fixtures.cards(2)
+    one = dialogue.run_engine_recorded(lm, cards, settings)
+    three = dialogue.run_engine_recorded(lm, cards, settings, trials=3)
+    assert len(three.transcripts) == 6 and len(three.calls) == len(one.calls) == 4
+    assert [c.inputs["input_ids"].shape[0] for c in three.calls] == [6] * 4
+
+
 def test_report_renders_every_section_from_the_committed_results(tmp_path):
     """benchmarks/results/latest.json renders into a report with the targets table, every measured section,
     the plot and the hand-written analysis."""
@@ -80,6 +91,7 @@ def test_report_renders_every_section_from_the_committed_results(tmp_path):
         "## Batching ceiling",
         "## Attention kernels",
         "## Memory",
+        "## Trials: `trials=3` against `trials=1`",
         "## ESC-RANK scoring",
         "## GuardRank scoring",
         "## vLLM",
