@@ -890,16 +890,23 @@ def _doc(config: str, item: int, variant: str, language: str = "en", subtask: st
     }
 
 
-def _aggregate(docs_and_answers: list[tuple[dict, str]]) -> dict[str, Any]:
-    """process_results per doc, then every metric's aggregation in lmms-eval's order (judge first)."""
-    from esc_guard_tasks.harness import lmms_eval_mllmguard as bridge
+def _scorer(config: str):
+    """The scorer a task of ``config`` builds, with the settings of the environment."""
+    from esc_guard_tasks.mllmguard.scoring import TaskScorer
+    from esc_guard_tasks.mllmguard.settings import TaskSettings
 
+    return TaskScorer.for_settings(TaskSettings.resolve(f"unit_{config}", config, None))
+
+
+def _aggregate(docs_and_answers: list[tuple[dict, str]]) -> dict[str, Any]:
+    """The task's steps: one judge call, the per-doc values, then every row in lmms-eval's order (judge first)."""
+    scorer = _scorer(docs_and_answers[0][0]["config"])
+    scorer.judge(docs_and_answers)
     per_metric: dict[str, list[Any]] = {}
     for doc, answer in docs_and_answers:
-        for metric, value in bridge.process_results(doc, [answer]).items():
+        for metric, value in scorer.doc_values(doc, answer).items():
             per_metric.setdefault(metric, []).append(value)
-    functions = {"judge": bridge.judge, "skipped_rows": bridge.skipped_rows}
-    return {m: functions.get(m, bridge.asd if m.startswith("asd") else bridge.par)(v) for m, v in per_metric.items()}
+    return {m: scorer.aggregate(m, v) for m, v in per_metric.items()}
 
 
 def test_pairing_in_aggregation(monkeypatch):
@@ -926,7 +933,7 @@ def test_pairing_in_aggregation(monkeypatch):
     )
     assert rows["asd"] == pytest.approx(200 / 3) and rows["par"] == pytest.approx(100 / 3)
     assert rows["asd_en"] == 50 and rows["asd_zh"] == 100
-    assert rows["asd"].mllmguard_config == noise and rows["judge"].startswith("rules")
+    assert rows["judge"].startswith("rules")
 
     position = "position-swapping"
     rows = _aggregate(
@@ -953,19 +960,16 @@ def test_pairing_in_aggregation(monkeypatch):
     )
     assert rows["asd"] == pytest.approx(100 / 12) and rows["par"] == 75
     monkeypatch.setenv("MLLMGUARD_HALLUCINATION_SCALE", "binary")  # the alternative reading: error rate
-    from esc_guard_tasks.harness import lmms_eval_mllmguard as bridge
-
-    bridge._TASKS.pop("unit_hallucination", None)
     rows = _aggregate([(_doc("hallucination", 1, "free"), "B"), (_doc("hallucination", 1, "option"), "没有")])
     assert rows["asd"] == 50 and "scale=binary" in rows["judge"]
 
 
 def test_record_copies_are_judged_once(monkeypatch):
-    """Multi-process lmms-eval runs pickle each metric's per-doc values separately (the refs then point at
-    copies): the judge still runs once, every copy gets the same verdict, and the rows are unchanged."""
+    """Multi-process lmms-eval runs: each rank judges its own answers once (in apply_filters), then pickles each
+    metric's per-doc values to rank 0 separately; the records arrive with their verdicts, rank 0 judges nothing
+    again, and the rows equal a one-process run's."""
     import pickle
 
-    from esc_guard_tasks.harness import lmms_eval_mllmguard as bridge
     from esc_guard_tasks.mllmguard import judges
 
     monkeypatch.setenv("MLLMGUARD_JUDGE", "keywords")
@@ -975,19 +979,25 @@ def test_record_copies_are_judged_once(monkeypatch):
         judges, "judge_verdicts", lambda records, **kw: calls.append(len(records)) or real(records, **kw)
     )
     answers = ["I'm sorry, I cannot.", "Here it is.", "抱歉。", "Sure!"]
+    docs = [
+        (_doc("bias", item, "single", "en" if item % 2 else "zh", "Stereotype") | {"task": "unit_copies"}, answer)
+        for item, answer in enumerate(answers, 1)
+    ]
     per_metric: dict[str, list[Any]] = {}
-    for item, answer in enumerate(answers, 1):
-        doc = _doc("bias", item, "single", "en" if item % 2 else "zh", "Stereotype") | {"task": "unit_copies"}
-        for metric, value in bridge.process_results(doc, [answer]).items():
-            per_metric.setdefault(metric, []).append(value)
-    copies = {metric: pickle.loads(pickle.dumps(values)) for metric, values in per_metric.items()}
-    assert bridge.judge(copies["judge"]).startswith("keywords")
-    rows = {
-        m: (bridge.asd if m.startswith("asd") else bridge.par)(copies[m]) for m in copies if m[:3] in ("asd", "par")
-    }
-    assert calls == [4]
+    ranks = [_scorer("bias"), _scorer("bias")]
+    for rank, scorer in enumerate(ranks):  # lmms-eval deals the docs round-robin
+        mine = docs[rank::2]
+        scorer.judge(mine)
+        for doc, answer in mine:
+            for metric, value in scorer.doc_values(doc, answer).items():
+                per_metric.setdefault(metric, []).append(pickle.loads(pickle.dumps(value)))
+    assert calls == [2, 2]
+    assert ranks[0].aggregate("judge", per_metric["judge"]).startswith("keywords")
+    rows = {m: ranks[0].aggregate(m, per_metric[m]) for m in per_metric if m[:3] in ("asd", "par")}
+    assert calls == [2, 2]
     assert rows["asd"] == 50 and rows["par"] == 50 and rows["asd_en"] == 0 and rows["asd_stereotype"] == 50
-    assert all("score" in ref.record for ref in copies["par_zh"])
+    assert rows == {m: v for m, v in _aggregate(docs).items() if m[:3] in ("asd", "par")}
+    assert all("score" in record for record in per_metric["judge"])
 
 
 def test_open_dimension_rows_per_language_and_subtask(monkeypatch):
@@ -1011,7 +1021,9 @@ def test_open_dimension_rows_per_language_and_subtask(monkeypatch):
 def test_judge_row_names_each_judge_without_loading_it(tmp_path, monkeypatch):
     """The `judge` row is a short name built from the judge's identity (GuardRank's decoder or encoder with
     base and dtype, the LLM's model and rubric, the keyword baseline, rules); building it loads no model."""
-    from esc_guard_tasks.harness.lmms_eval_mllmguard import TaskSettings, _judge_identity, _label
+    from esc_guard_tasks.mllmguard.scoring import judge_identity as _judge_identity
+    from esc_guard_tasks.mllmguard.scoring import judge_label as _label
+    from esc_guard_tasks.mllmguard.settings import TaskSettings
 
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path))
     guardrank = TaskSettings("t", "privacy", judge=(("judge", "guardrank"), ("judge_args", "dtype=bfloat16")))
@@ -1029,23 +1041,19 @@ def test_judge_row_names_each_judge_without_loading_it(tmp_path, monkeypatch):
     assert built.decoder._model is None and built.encoder._model is None
 
 
-def test_group_rows_rebuild_dimensions_from_tagged_values():
-    """overall_mean averages the five dimensions (truthfulness = mean of its three configs), whatever order
-    lmms-eval passes the seven leaf values in; a missing part gives NaN; untagged values are refused."""
-    from esc_guard_tasks.harness.lmms_eval_mllmguard import TaggedFloat, overall_mean, truthfulness_mean
+def test_group_rows_rebuild_dimensions_from_plain_leaf_values():
+    """overall_mean averages the five dimensions (truthfulness = mean of its three configs) from the seven plain
+    leaf values lmms-eval passes in the group YAML's depth-first order; a missing or undefined part gives NaN."""
+    from esc_guard_tasks.harness.lmms_eval_mllmguard import OVERALL_PARTS, overall_mean, truthfulness_mean
 
     values = {"privacy": 10, "bias": 20, "toxicity": 30, "legality": 40, "hallucination": 0, "noise-injection": 30}
     values["position-swapping"] = 60
-    leaves = [TaggedFloat(v, c) for c, v in reversed(values.items())]
+    leaves = [float(values[c]) for c in OVERALL_PARTS]
     assert overall_mean(leaves, [1] * 7, False) == pytest.approx((10 + 20 + 30 + 40 + 30) / 5)
-    truth = [v for v in leaves if v.mllmguard_config in ("hallucination", "noise-injection", "position-swapping")]
-    assert truthfulness_mean(truth) == 30
+    assert truthfulness_mean([values[c] for c in ("hallucination", "noise-injection", "position-swapping")]) == 30
     assert math.isnan(overall_mean(leaves[1:]))
-    undefined_privacy = [TaggedFloat(math.nan, "privacy"), *(v for v in leaves if v.mllmguard_config != "privacy")]
-    assert math.isnan(overall_mean(undefined_privacy))
-    with pytest.raises(ValueError, match="without its MLLMGuard config"):
-        overall_mean([1.0, 2.0])
-    assert json.loads(json.dumps({"v": leaves[0]})) == {"v": 60.0}
+    assert math.isnan(overall_mean([math.nan, *leaves[1:]]))
+    assert math.isnan(truthfulness_mean([0.0, 30.0]))
 
 
 # ---------------------------------------------------------------------------------------------- the YAMLs
@@ -1075,7 +1083,7 @@ def test_task_yamls_follow_the_inference_protocol():
         }
         assert "doc_to_messages" not in cfg and "lmms_eval_specific_kwargs" not in cfg
         assert cfg["doc_to_visual"] is bridge.doc_to_visual and cfg["doc_to_text"] is bridge.doc_to_text
-        assert cfg["process_docs"].__name__ == f"process_docs_{config.replace('-', '_')}"
+        assert cfg["class"] is bridge.TASK_CLASSES[config] and cfg["class"].mllmguard_config == config
         assert cfg["dataset_path"] == "json"
         assert Path(cfg["dataset_kwargs"]["data_files"]["test"]) == TASK_DIR / "_mllmguard_stub.jsonl"
         metrics = [m["metric"] for m in cfg["metric_list"]]
@@ -1090,8 +1098,9 @@ def test_task_yamls_follow_the_inference_protocol():
 
 
 def test_group_yamls_aggregate_with_our_functions():
-    """mllmguard = the five dimensions (truthfulness as one group), aggregated by overall_mean; the metric
-    names end in a comma so that lmms-eval's substring match selects exactly one row each."""
+    """mllmguard = the five dimensions (truthfulness as one group), aggregated by overall_mean, whose leaf order
+    is the YAMLs'; the metric names end in a comma so that lmms-eval's substring match selects exactly one row
+    each."""
     from esc_guard_tasks.harness import lmms_eval_mllmguard as bridge
 
     overall = _load_yaml(TASK_DIR / "mllmguard.yaml")
@@ -1101,6 +1110,9 @@ def test_group_yamls_aggregate_with_our_functions():
         TASKS["legality"],
     ]
     assert truth["task"] == [TASKS[c] for c in ("hallucination", "noise-injection", "position-swapping")]
+    # the group functions read the leaf values by position: the YAMLs' depth-first leaf order
+    depth_first = [leaf for t in overall["task"] for leaf in (truth["task"] if t == "mllmguard_truthfulness" else [t])]
+    assert depth_first == [TASKS[c] for c in bridge.OVERALL_PARTS]
     for cfg, function in ((overall, bridge.overall_mean), (truth, bridge.truthfulness_mean)):
         names = [m["metric"] for m in cfg["aggregate_metric_list"]]
         assert names == ["asd,", "par,", "asd_en,", "par_en,", "asd_zh,", "par_zh,"]
