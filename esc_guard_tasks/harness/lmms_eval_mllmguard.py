@@ -41,6 +41,8 @@ from esc_guard_tasks.mllmguard.scoring import TaskScorer, compose_leaves, compos
 from esc_guard_tasks.mllmguard.settings import TaskSettings
 from esc_guard_tasks.mllmguard.taxonomy import (
     CONFIGS,
+    DIMENSION,
+    DIMENSIONS,
     SUBTASKS,
     TRUTHFULNESS_CONFIGS,
     metric_names,
@@ -50,7 +52,7 @@ from esc_guard_tasks.mllmguard.taxonomy import (
 
 REQUEST_TYPE = "mllmguard_generate"
 # The leaves of mllmguard.yaml in the order lmms-eval hands their values to the group (its `task` list, depth first).
-OVERALL_PARTS = ("privacy", "bias", "toxicity", *TRUTHFULNESS_CONFIGS, "legality")
+OVERALL_PARTS = tuple(config for dimension in DIMENSIONS for config in CONFIGS if DIMENSION[config] == dimension)
 
 
 def doc_to_visual(doc: Mapping[str, Any]) -> list[Any]:

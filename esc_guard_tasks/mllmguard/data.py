@@ -144,6 +144,12 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+BAD_ROW_FIX = (
+    "fix: correct the row or its image, or leave bad rows out (counted in skipped_rows) with on_bad_row=skip "
+    "(MLLMGUARD_ON_BAD_ROW=skip)"
+)
+
+
 class MLLMGuardDataError(ValueError):
     """A file, row or image of the MLLMGuard data that cannot be used as is, or data that cannot be reached."""
 
@@ -613,7 +619,7 @@ def expand_csv(
             )
         except _RowError as problem:
             if on_bad_row == "error":
-                raise MLLMGuardDataError(f"{source}: row {row} (line {line}): {problem}") from None
+                raise MLLMGuardDataError(f"{source}: row {row} (line {line}): {problem}; {BAD_ROW_FIX}") from None
             skipped.append(SkippedRow(source_file=source, row=row, line=line, reason=str(problem)))
             log.warning("MLLMGuard: skipped %s row %d (line %d): %s", source, row, line, problem)
     columns = {name: header[index] for name, index in mapping.items()}

@@ -74,6 +74,7 @@ SUBTASKS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 TASK_PREFIX = "mllmguard_"
 CARRIER = "judge"  # the metric whose per-doc value is the doc's full record (first in every doc's metrics)
+INVALID_RATE = "invalid_rate"  # judged configs: share of the answers whose judge reply was not a valid label
 
 
 def subtask_key(name: str) -> str:
@@ -105,6 +106,8 @@ def metric_names(config: str) -> list[str]:
         names += [f"asd_{language}", f"par_{language}"]
     for slug in SUBTASKS.get(config, {}):
         names += [f"asd_{slug}", f"par_{slug}"]
+    if config in JUDGED_CONFIGS:
+        names.append(INVALID_RATE)
     return [*names, "skipped_rows"]
 
 
