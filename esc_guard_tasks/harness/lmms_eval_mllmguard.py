@@ -107,7 +107,7 @@ class MLLMGuardTask(ConfigurableMessagesTask):
         if declared != expected:
             raise ValueError(f"{self.config.task}: metric_list must name {expected} in this order, got {declared}")
         self._metric_fn_list = dict.fromkeys(expected)
-        self._metric_fn_kwargs = {metric: {} for metric in expected}
+        self._metric_fn_kwargs: dict[str, dict[str, Any]] = {metric: {} for metric in expected}
         self._aggregation_list = {metric: self._aggregator(metric) for metric in expected}
         self._higher_is_better = {entry["metric"]: entry.get("higher_is_better") for entry in self.config.metric_list}
 
@@ -125,7 +125,8 @@ class MLLMGuardTask(ConfigurableMessagesTask):
         super().download(dataset_kwargs)  # lmms-eval's (retried) load of the one-row stub
         split = self.config.test_split
         docs = self._load_docs()  # not retried: a data error is raised once, as is
-        self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs, split=self.dataset[split].split)})
+        stub = self.dataset[split]  # type: ignore[has-type]  # set by lmms-eval's download
+        self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs, split=stub.split)})
         self.dataset_no_image = self.dataset.copy()
 
     def _load_docs(self) -> list[dict[str, Any]]:

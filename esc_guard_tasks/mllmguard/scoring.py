@@ -205,7 +205,7 @@ class TaskScorer:
     def _report(self) -> dict[str, Any]:
         """Units counted, exclusions (all, per language) and invalid judge replies."""
         config, records, options = self.settings.config, self.records or [], self.settings.scoring_options
-        report = {"all": formulas.config_result(records, config, **options).to_dict()}
+        report: dict[str, Any] = {"all": formulas.config_result(records, config, **options).to_dict()}
         for language in LANGUAGES:
             subset = [r for r in records if r.get("language") == language]
             if subset:

@@ -110,7 +110,7 @@ def _resampled(units: list[list[dict[str, Any]]], indices: np.ndarray) -> list[d
 
 def _guard_value(records: list[dict[str, Any]], dimension: str, name: str, scale: str) -> float:
     """ASD or PAR of a dimension (mean of its configs) or of ``mllmguard`` (mean of the five); NaN propagates."""
-    options = {"hallucination_scale": scale, "on_unpaired": "exclude"}
+    options: dict[str, Any] = {"hallucination_scale": scale, "on_unpaired": "exclude"}
     per_config = {
         c: getattr(guard_metrics.config_result(records, c, **options), name)
         for c, d in DIMENSION.items()
