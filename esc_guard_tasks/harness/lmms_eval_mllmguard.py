@@ -1,7 +1,7 @@
 """MLLMGuard as lmms-eval tasks: one task class per config, named by ``class:`` in the YAMLs of
 ``task_yamls/lmms_eval/mllmguard`` (leaf tasks ``mllmguard_<config>``; groups ``mllmguard_truthfulness`` and
 ``mllmguard``). Taxonomy, settings, data, judges, scoring and formulas live in :mod:`esc_guard_tasks.mllmguard`
-and :mod:`esc_guard_tasks.metrics.mllmguard`; this module wires them into lmms-eval's task life cycle
+and :mod:`esc_guard_tasks.mllmguard.formulas`; this module wires them into lmms-eval's task life cycle
 (checked against lmms-eval 0.7.3's ``evaluator.evaluate``):
 
 1. **Build** (``__init__``): settings from the task's own ``metadata``, else the environment, else the

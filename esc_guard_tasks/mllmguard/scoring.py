@@ -5,7 +5,7 @@ per-config report and the judge's short name. A harness bridge feeds it docs and
 2. :meth:`TaskScorer.doc_values` per doc: the record (with its verdict) as the ``judge`` value, the text
    ``see 'judge'`` for every other row the doc belongs to (harnesses log each value next to the doc);
 3. :meth:`TaskScorer.aggregate` per row: ``judge`` first with every record (of every process), then the
-   other rows, each the formula of :mod:`esc_guard_tasks.metrics.mllmguard` on the records of its subset.
+   other rows, each the formula of :mod:`esc_guard_tasks.mllmguard.formulas` on the records of its subset.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from esc_guard_tasks.metrics import mllmguard as formulas
-from esc_guard_tasks.mllmguard import judges
+from esc_guard_tasks.mllmguard import formulas, judges
 from esc_guard_tasks.mllmguard.answers import extract_choice
 from esc_guard_tasks.mllmguard.settings import TaskSettings
 from esc_guard_tasks.mllmguard.taxonomy import (

@@ -121,7 +121,7 @@ class TaskSettings:
 
     @property
     def scoring_options(self) -> dict[str, Any]:
-        """The keyword options of :mod:`esc_guard_tasks.metrics.mllmguard`'s formulas."""
+        """The keyword options of :mod:`esc_guard_tasks.mllmguard.formulas`'s formulas."""
         return {"hallucination_scale": self.hallucination_scale, "on_unpaired": self.on_unpaired}
 
     def public(self) -> dict[str, Any]:

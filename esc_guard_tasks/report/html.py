@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from esc_guard_tasks.metrics import mllmguard as guard_metrics
+from esc_guard_tasks.mllmguard import formulas as guard_metrics
 from esc_guard_tasks.mllmguard.taxonomy import DIMENSION, DIMENSIONS, compose
 from esc_guard_tasks.report.results import (
     ESC_LANGUAGES,
