@@ -4,9 +4,15 @@ lm-eval 0.4.x scans only its own task folder plus ``--include_path``; it has no
 entry-point group for task folders (upstream proposal: the ``lm_eval.tasks`` group,
 which ``setup.cfg`` declares as well). ``esc_guard_tasks.pth`` imports this module at
 interpreter start. It imports nothing heavy: it only registers a post-import hook
-that, once ``lm_eval.tasks.manager`` has been imported by someone else, makes every
-``TaskManager`` also scan our ``task_yamls/lm_eval`` folder, ahead of user ``--include_path``
-folders so that those can still override our tasks.
+that, once lm-eval's task manager module has been imported by someone else, makes every
+``TaskManager`` also scan our ``task_yamls/lm_eval`` folder, placed so that user
+``--include_path`` folders can still override our tasks.
+
+Two lm-eval layouts exist: from 0.4.12 ``lm_eval.tasks.manager`` (later folders win), up to
+0.4.11 ``lm_eval.tasks`` itself (the first folder wins). The older manager also hands a task
+class (``class:`` in a YAML) its config without the ``--metadata`` it merges into every other
+task; for our own task classes the hook merges it the way 0.4.12 and later do, so settings
+reach ESC-Eval in every 0.4.x release.
 
 The same hook makes lmms-eval's ``TaskManager`` (``lmms_eval.tasks``) scan ``task_yamls/lmms_eval``
 (there our folder goes last, because lmms-eval keeps the first folder that defines a name).
@@ -26,6 +32,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
 _PATCHED = "_esc_guard_tasks_include"
@@ -45,7 +52,7 @@ def task_dir(harness: str = "lm_eval") -> Path:
 
 def _same_path(a: object, b: Path) -> bool:
     try:
-        return Path(os.fspath(a)).resolve() == b.resolve()
+        return Path(os.fspath(cast(Any, a))).resolve() == b.resolve()
     except (TypeError, OSError):
         return False
 
@@ -95,6 +102,59 @@ def task_manager_patch(harness: str, first: bool) -> Callable[[ModuleType], None
 
 patch_task_manager = task_manager_patch("lm_eval", first=True)
 patch_lmms_task_manager = task_manager_patch("lmms_eval", first=False)
+_patch_legacy_include = task_manager_patch("lm_eval", first=False)
+
+
+def _is_ours(task_class: object) -> bool:
+    return getattr(task_class, "__module__", "").startswith("esc_guard_tasks.")
+
+
+def patch_legacy_task_manager(module: ModuleType) -> None:
+    """lm-eval <= 0.4.11 (``TaskManager`` defined in ``lm_eval.tasks``): scan our folder last, and give our
+    task classes the ``--metadata`` that manager merges into YAML-only tasks but not into ``class:`` tasks.
+
+    Its loader asks ``_config_is_python_task(config)`` right before it calls ``config["class"](config=config)``,
+    so that is where the merge goes (the same ``config | metadata`` as its YAML-only branch).
+    """
+    cls = getattr(module, "TaskManager", None)
+    if cls is None or cls.__module__ != module.__name__ or getattr(cls, _PATCHED, False):
+        return  # 0.4.12 and later re-export the manager from lm_eval.tasks.manager (patched there)
+    is_python_task = getattr(cls, "_config_is_python_task", None)
+    if is_python_task is not None:
+
+        @functools.wraps(is_python_task)
+        def _config_is_python_task(self, config: dict) -> bool:
+            python_task = is_python_task(self, config)
+            if python_task and _is_ours(config.get("class")) and getattr(self, "metadata", None):
+                config["metadata"] = (config.get("metadata") or {}) | self.metadata
+            return python_task
+
+        cls._config_is_python_task = _config_is_python_task
+    _patch_legacy_include(module)
+
+
+def patch_evaluator_config(module: ModuleType) -> None:
+    """lm-eval >= 0.4.12's CLI: check ESC-Eval's settings and files when the task names are resolved.
+
+    ``simple_evaluate`` loads the model under test before it builds any task; the CLI resolves the task
+    names (``EvaluatorConfig.process_tasks``) before that, knowing ``--model_args`` and ``--metadata``.
+    """
+    cls: Any = getattr(module, "EvaluatorConfig", None)
+    original = getattr(cls, "process_tasks", None)
+    if original is None or getattr(cls, _PATCHED, False):
+        return
+
+    @functools.wraps(original)
+    def process_tasks(self, *args, **kwargs):
+        manager = original(self, *args, **kwargs)
+        from esc_guard_tasks.harness.lm_eval_preflight import preflight
+
+        model_args = self.model_args if isinstance(self.model_args, dict) else {}
+        preflight(self.tasks or [], self.metadata or {}, model_args, predict_only=bool(self.predict_only))
+        return manager
+
+    cls.process_tasks = process_tasks
+    setattr(cls, _PATCHED, True)
 
 
 class _HookedLoader(importlib.abc.Loader):
@@ -137,7 +197,9 @@ class _PostImportHooks(importlib.abc.MetaPathFinder):
 
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "lm_eval.tasks.manager": patch_task_manager,
+    "lm_eval.tasks": patch_legacy_task_manager,
     "lmms_eval.tasks": patch_lmms_task_manager,
+    "lm_eval.config.evaluate_config": patch_evaluator_config,
 }
 
 

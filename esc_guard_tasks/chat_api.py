@@ -171,9 +171,9 @@ class ChatCompletionsClient:
         try:
             futures = [pool.submit(self._complete_one, p, abort) for p in payloads]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f in done and f.exception() is not None]
+            failed = [error for f in futures if f in done and (error := f.exception()) is not None]
             if failed:
-                raise failed[0].exception()
+                raise failed[0]
             return [f.result() for f in futures]
         finally:
             abort.set()  # after a failure (or Ctrl-C) the other workers stop at their next attempt

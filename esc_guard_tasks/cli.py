@@ -1,10 +1,15 @@
-"""``esc-guard``: the project's command line (task folder, demo)."""
+"""esc-guard: the command line of esc-guard-tasks (ESC-Eval for lm-eval, MLLMGuard for lmms-eval).
+
+Run a demo, locate the task folder, convert the ESC-RANK judge, re-judge saved dialogues, and report results.
+The evaluations themselves run in the harnesses: lm_eval --tasks esc_eval, lmms_eval --tasks mllmguard.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 
 DEMO_OUTPUT = Path("demo_output")
@@ -17,8 +22,12 @@ def _task_dir(_: argparse.Namespace) -> int:
     return 0
 
 
-def demo_command(output: Path, rounds: int, limit: int | None, max_tokens: int) -> list[str]:
-    """The plain ``lm_eval`` invocation the demo runs (SmolLM2 as supporter and role-player)."""
+def demo_command(
+    output: Path, rounds: int, limit: int | None, max_tokens: int, dialogue_store: Path | None = None
+) -> list[str]:
+    """The plain ``lm_eval`` invocation the demo runs (SmolLM2 as supporter and role-player).
+
+    ``dialogue_store`` is named in the metadata (``none`` when off), so the logged settings show the store used."""
     from esc_guard_tasks.smollm2 import ensure_converted
 
     model_dir = ensure_converted()
@@ -36,6 +45,7 @@ def demo_command(output: Path, rounds: int, limit: int | None, max_tokens: int) 
         },
         "rounds": rounds,
         "judge": "none",
+        "dialogue_store": str(dialogue_store) if dialogue_store else "none",
     }
     command = [
         "lm_eval",
@@ -68,8 +78,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from lm_eval.__main__ import cli_evaluate
 
-    command = demo_command(args.output, args.rounds, args.limit, args.max_tokens)
+    store = demo_store()
+    command = demo_command(args.output, args.rounds, args.limit, args.max_tokens, store)
     print("Running:", shlex.join(command), file=sys.stderr, flush=True)
+    earlier, stored_before = set(args.output.glob("**/samples_esc_eval_demo_*.jsonl")), stored_turns(store)
     sys.argv = command
     cli_evaluate()
     samples = sorted(args.output.glob("**/samples_esc_eval_demo_*.jsonl"))
@@ -81,10 +93,51 @@ def _demo(args: argparse.Namespace) -> int:
         "Judge: none — no quality scores were computed, the table shows only the empty-utterance rate. "
         "ESC-RANK, the default judge of esc_eval, runs on the 7B InternLM2 base (README, 'Judges')."
     )
+    print(store_summary(store, stored_before, [path for path in samples if path not in earlier]))
     print("Transcripts (one JSON line per dialogue, turn by turn):")
     for path in samples:
         print(f"  {path}")
     return 0
+
+
+def demo_store() -> Path | None:
+    """The dialogue store the demo's run uses: ``ESC_EVAL_DIALOGUE_STORE`` or the default file; None when off."""
+    import os
+
+    from esc_guard_tasks.esc_eval.settings import ESCSettings
+    from esc_guard_tasks.esc_eval.store import store_path
+
+    return store_path(ESCSettings.from_sources({}, os.environ).dialogue_store)
+
+
+def stored_turns(store: Path | None) -> int:
+    """How many turns the store file holds (0 when off or not created yet)."""
+    if store is None or not store.is_file():
+        return 0
+    import sqlite3
+
+    from esc_guard_tasks.esc_eval.store import STORE_FILE
+
+    with closing(sqlite3.connect(store)) as db:
+        return int(db.execute(f"SELECT COUNT(*) FROM {STORE_FILE.table}").fetchone()[0])
+
+
+def store_summary(store: Path | None, stored_before: int, samples: list[Path]) -> str:
+    """How many of this run's turns (in ``samples``) came from the dialogue store, and how to regenerate them."""
+    if store is None:
+        return "Dialogue store: off — every turn was generated in this run."
+    total = sum(
+        len(json.loads(json.loads(line)["resps"][0][0])["turns"])
+        for path in samples
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip()
+    )
+    reused = max(0, total - (stored_turns(store) - stored_before))
+    return (
+        f"Dialogue store {store}: {reused} of {total} turns were re-used from an earlier run with the same settings"
+        " (the rest were generated now). To generate every turn again, delete that file or set"
+        " ESC_EVAL_DIALOGUE_STORE=none."
+    )
 
 
 def _rescore(args: argparse.Namespace) -> int:
@@ -95,14 +148,20 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="esc-guard", description=__doc__)
+    from esc_guard_tasks import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="esc-guard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("task-dir", help="print the task folder (for lm_eval --include_path)").set_defaults(
         run=_task_dir
     )
     demo = commands.add_parser("demo", help="run ESC-Eval end to end on the demo cards with SmolLM2-135M")
     demo.add_argument("--output", type=Path, default=DEMO_OUTPUT, help="lm_eval --output_path")
-    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--rounds", type=int, default=3, help="seeker/supporter exchanges per dialogue (default 3)")
     demo.add_argument("--limit", type=int, default=None, help="cards per language")
     demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
     demo.set_defaults(run=_demo)
@@ -118,16 +177,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     again = commands.add_parser("rescore", help="judge the dialogues of saved --log_samples files again")
     again.add_argument("samples", type=Path, nargs="+", help="samples_<task>_<date>.jsonl files of esc_eval tasks")
-    again.add_argument("--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"])
-    again.add_argument("--judge-backend", default="hf", choices=["hf", "vllm", "openai"])
+    again.add_argument(
+        "--judge", default="esc_rank", choices=["esc_rank", "llm_rubric"], help="which judge (default esc_rank)"
+    )
+    again.add_argument(
+        "--judge-backend", default="hf", choices=["hf", "vllm", "openai"], help="where the judge runs (default hf)"
+    )
     again.add_argument("--judge-args", default="", help="k=v,… as for lm_eval --model_args")
     again.add_argument("--output", type=Path, default=None, help="folder for results and samples (lm-eval layout)")
     again.set_defaults(run=_rescore)
+    from esc_guard_tasks.report import transcripts
+
+    transcripts.add_arguments(
+        commands.add_parser(
+            "transcripts",
+            help="write the ESC-Eval dialogues of logged samples as JSON Lines or in the reference's result/ layout",
+            description=transcripts.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     from esc_guard_tasks import report
 
     report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
+    from esc_guard_tasks.esc_rank import verify
+
+    verify.add_arguments(commands.add_parser("verify", help="check a judge setup against the reference's own scores"))
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # bad input: the message names the file (and line or setting)
+        if args.debug:
+            raise
+        print(f"esc-guard: error: {error} (esc-guard --debug … shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from esc_guard_tasks.cache_dir import cache_dir as default_cache_dir
+from esc_guard_tasks.hub import cache_dir as default_cache_dir
 
 __all__ = ["MODEL_NAME", "default_cache_dir", "ensure_converted", "gguf_path", "main"]
 
@@ -80,7 +80,7 @@ def _convert(source: Path, dest: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=getattr(torch, dtype))
     # The GGUF quantizer always reports "not serializable" although the weights are dense
     # by now; forget it so save_pretrained works and the folder loads as a plain model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types module attributes as Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # The GGUF has no separate output matrix: lm_head shares the input embeddings.

@@ -119,9 +119,9 @@ def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    if os.environ.get("ESC_GUARD_BROWSER_REQUIRED"):
+    if os.environ.get("ESC_GUARD_BROWSER_REQUIRED", "0") != "0":
         pytest.fail("chromium is missing: scripts/test.sh installs it (apt-get install chromium)")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.skip("chromium is not installed (apt-get install chromium, or run scripts/test.sh)")
 
 
 def render_in_chromium(page: Path, work: Path, *, width: int = 1200, height: int = 1600) -> Rendered:

@@ -77,3 +77,51 @@ def test_task_dir_holds_the_yamls():
         "esc_eval_en.yaml",
         "esc_eval_zh.yaml",
     }
+
+
+def _fake_legacy_harness() -> types.ModuleType:
+    """lm-eval <= 0.4.11's shape: TaskManager in ``lm_eval.tasks``, first folder wins, class tasks unmerged."""
+    module = types.ModuleType("lm_eval.tasks")
+
+    class TaskManager:
+        def __init__(self, verbosity=None, include_path=None, include_defaults=True, metadata=None):
+            self.include_path = include_path
+            self.metadata = metadata
+
+        def _config_is_python_task(self, config: dict) -> bool:
+            return "class" in config
+
+    TaskManager.__module__ = module.__name__
+    module.TaskManager = TaskManager
+    return module
+
+
+def test_legacy_manager_scans_our_folder_last_and_merges_metadata_into_our_classes_only():
+    """In lm-eval <= 0.4.11 the first folder wins, so ours goes last (a user's --include_path still wins), and
+    ``--metadata`` reaches our task classes as it reaches YAML-only tasks; other classes are left as they were."""
+    from esc_guard_tasks.autoload import patch_legacy_task_manager
+    from esc_guard_tasks.harness.lm_eval_task import ESCEvalTask
+
+    module = _fake_legacy_harness()
+    patch_legacy_task_manager(module)
+    patch_legacy_task_manager(module)  # idempotent
+    manager = module.TaskManager(include_path="/user/tasks", metadata={"rounds": 3})
+    assert manager.include_path == ["/user/tasks", str(task_dir())]
+
+    ours = {"class": ESCEvalTask, "metadata": {"version": 0.1}}
+    assert manager._config_is_python_task(ours)
+    assert ours["metadata"] == {"version": 0.1, "rounds": 3}
+    theirs = {"class": types.SimpleNamespace, "metadata": {"version": 1}}
+    assert manager._config_is_python_task(theirs)
+    assert theirs["metadata"] == {"version": 1}
+
+
+def test_legacy_hook_leaves_a_reexported_manager_alone():
+    """lm-eval >= 0.4.12 re-exports the manager from ``lm_eval.tasks.manager`` in ``lm_eval.tasks``: only the
+    hook on the defining module patches it (ours first there), never the legacy one (ours last)."""
+    from esc_guard_tasks.autoload import patch_legacy_task_manager
+
+    module = _fake_harness()  # TaskManager defined elsewhere than the module it is found in
+    module.__name__ = "lm_eval.tasks"
+    patch_legacy_task_manager(module)
+    assert module.TaskManager(include_path="/user/tasks").include_path == "/user/tasks"

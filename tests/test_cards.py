@@ -12,11 +12,12 @@ from esc_guard_tasks.esc_eval.cards import CardError, load_card_dataset, load_ca
 GOOD = {"base": "Age: 30\nGender: Female", "res": "工作学习", "source": "ESconv", "language": "english", "id": 32025}
 
 
-def test_real_cards_load(esc_data):
-    """The shared developer split loads completely with unique ids and the right language."""
+def test_real_cards_load(esc_data, esc_card_counts):
+    """The real cards (the shared developer split, or the full upstream files) load completely with unique ids
+    and the right language."""
     en, zh = load_cards("en", data_dir=esc_data), load_cards("zh", data_dir=esc_data)
-    assert (len(en), len(zh)) == (264, 260)
-    assert len({c.id for c in en}) == 264 and {c.language for c in en} == {"en"}
+    assert (len(en), len(zh)) == esc_card_counts
+    assert len({c.id for c in en}) == esc_card_counts[0] and {c.language for c in en} == {"en"}
     assert {c.source for c in zh} == {"PsyQA", "smile"}
 
 
@@ -85,13 +86,13 @@ def test_unreachable_upstream_says_what_to_do(monkeypatch):
     assert "data_dir" in text and "ESC_EVAL_DATA_DIR" in text
 
 
-def test_upstream_fetch_reads_the_downloaded_file(monkeypatch, esc_data):
+def test_upstream_fetch_reads_the_downloaded_file(monkeypatch, card_dir):
     """The pinned URL is what gets fetched, and the downloaded file goes through validation."""
     seen = []
 
     def fake_download(url, *args, **kwargs):
         seen.append(url)
-        return str(esc_data / "test_en.json")
+        return str(card_dir / "card_high_en.json")
 
     monkeypatch.setattr("datasets.utils.file_utils.cached_path", fake_download)
     assert [c.id for c in load_cards("en")] == [32025, 32027, 32032]
@@ -109,9 +110,9 @@ def test_demo_cards_are_marked_and_separate():
         assert all(str(c.id).startswith("9") for c in demo)
 
 
-def test_dataset_reads_data_dir_from_environment(monkeypatch, esc_data):
+def test_dataset_reads_data_dir_from_environment(monkeypatch, esc_data, esc_card_counts):
     """custom_dataset resolves data_dir like every other key: --metadata, else ESC_EVAL_DATA_DIR."""
     monkeypatch.setenv("ESC_EVAL_DATA_DIR", str(esc_data))
     dataset = load_card_dataset(language="zh", pretrained="ignored-model-arg")
-    assert dataset["test"].num_rows == 260
+    assert dataset["test"].num_rows == esc_card_counts[1]
     assert dataset["test"][0]["card_id"] == 10000 and dataset["test"][0]["language"] == "zh"

@@ -445,7 +445,7 @@ def test_tokenizer_self_check_catches_a_wrong_tokenizer(tmp_path: Path, monkeypa
     tokenizer.model) and is only recorded in the manifest with tokenizer_check='report'."""
     from tokenizers import normalizers
 
-    import esc_guard_tasks.esc_rank.convert as convert
+    import esc_guard_tasks.esc_rank.convert.tokenizer as convert
 
     (tmp_path / "src").mkdir()
     write_tokenizer(tmp_path / "src", TinySpec())

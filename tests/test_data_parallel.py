@@ -33,10 +33,10 @@ def judge_args(tmp_path_factory) -> str:
     return f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1"
 
 
-def esc_args(model: Path, esc_data: Path, judge_args: str, limit: int) -> list[str]:
+def esc_args(model: Path, card_dir: Path, judge_args: str, limit: int) -> list[str]:
     """Greedy supporter and role-player (sampled turns would depend on what shares a batch), judged by ESC-RANK."""
     meta = {"role_gen_kwargs": {"max_gen_toks": 6, "do_sample": False}, "judge": "esc_rank", "judge_args": judge_args}
-    args = tiny_args(model, data_dir=str(esc_data), limit=limit, **meta)
+    args = tiny_args(model, data_dir=str(card_dir), limit=limit, **meta)
     return [*args, "--apply_chat_template", "--log_samples"]
 
 
@@ -81,10 +81,10 @@ def metric_values(run: Run) -> dict[str, float]:
     }
 
 
-def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, esc_data, judge_args, tmp_path, monkeypatch):
+def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, card_dir, judge_args, tmp_path, monkeypatch):
     """--limit 3 over two ranks (2 + 1 dialogues per language, each rank judging its own shard concurrently into one
     judge cache) gives exactly the single-process transcripts, verdicts and metric values, and does not deadlock."""
-    args = esc_args(tiny_model, esc_data, judge_args, limit=3)
+    args = esc_args(tiny_model, card_dir, judge_args, limit=3)
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache_single"))
     single = run_cli(args, tmp_path / "single")
 
@@ -104,10 +104,10 @@ def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, esc_data, ju
     assert metric_values(parallel) == pytest.approx(values, rel=1e-12, nan_ok=True)
 
 
-def test_a_rank_without_cards_fails_fast_naming_the_fix(tiny_model, esc_data, judge_args, tmp_path):
+def test_a_rank_without_cards_fails_fast_naming_the_fix(tiny_model, card_dir, judge_args, tmp_path):
     """--limit 1 on two ranks leaves rank 1 without a card: the run fails within the timeout (no hang) with an error
     naming the task, the rank and what to change."""
-    args = esc_args(tiny_model, esc_data, judge_args, limit=1)
+    args = esc_args(tiny_model, card_dir, judge_args, limit=1)
     done = launch(args, tmp_path / "dp", {"ESC_GUARD_CACHE": str(tmp_path / "cache")})
     assert done.returncode != 0
     assert "esc_eval_en: rank 1 of 2 processes has no role card" in done.stdout, done.stdout[-4000:]
@@ -149,13 +149,13 @@ def test_ranks_resolving_an_internlm2_judge_at_once_convert_it_once(tmp_path):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_sampling_vllm_role_player_on_two_ranks_equals_one_process(tiny_model, esc_data, tmp_path):
+def test_sampling_vllm_role_player_on_two_ranks_equals_one_process(tiny_model, card_dir, tmp_path):
     """Each rank builds its own vLLM role-player engine inside its accelerate process; the role-player samples
     (default role_gen_kwargs) with a per-dialogue seed on each request, so 2 ranks with uneven shards give exactly
     the dialogues of 1 process."""
     role_model = build_tiny_chat_model(tmp_path / "vllm_model", **VLLM_SHAPE)
     role = kv({"pretrained": role_model, "max_model_len": 4096} | ENGINE)
-    args = tiny_args(tiny_model, data_dir=str(esc_data), limit=3, role_model="vllm", role_model_args=role)
+    args = tiny_args(tiny_model, data_dir=str(card_dir), limit=3, role_model="vllm", role_model_args=role)
     runs = {}
     for processes in (1, 2):
         env = VLLM_ENV | {"ESC_GUARD_CACHE": str(tmp_path / f"cache{processes}")}

@@ -9,7 +9,7 @@ from internlm2_fixtures import TinySpec, build_adapter, build_internlm2
 from judge_fixtures import ADAPTER_FOLDERS
 
 
-def test_esc_eval_judged_by_an_internlm2_checkpoint(tiny_model, esc_data, tmp_path, monkeypatch):
+def test_esc_eval_judged_by_an_internlm2_checkpoint(tiny_model, card_dir, tmp_path, monkeypatch):
     """judge_args naming an InternLM2 base + ESC-RANK-style adapters (fused wqkv LoRA) just work: the base and all
     14 adapters are converted into the cache on first use, re-used on the next run, and every dimension row appears."""
     cache = tmp_path / "cache"
@@ -21,7 +21,7 @@ def test_esc_eval_judged_by_an_internlm2_checkpoint(tiny_model, esc_data, tmp_pa
     judge_args = f"pretrained={base},adapters={tmp_path / 'ESC-RANK'},device=cpu,max_new_tokens=2,dtype=float32"
 
     def run(out: str):
-        args = tiny_args(tiny_model, data_dir=str(esc_data), limit=1, rounds=1, judge="esc_rank", judge_args=judge_args)
+        args = tiny_args(tiny_model, data_dir=str(card_dir), limit=1, rounds=1, judge="esc_rank", judge_args=judge_args)
         return run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / out)
 
     first = run("a")

@@ -101,13 +101,13 @@ class FaultInjector:
         return nulled
 
 
-def esc_args(chat_url: str, base_url: str, esc_data: Path) -> list[str]:
+def esc_args(chat_url: str, base_url: str, card_dir: Path) -> list[str]:
     """esc_eval (EN + ZH, 1 card each, 4 rounds): supporter, role-player and llm_rubric judge on the server."""
     meta = {
         "role_model": "local-chat-completions",
         "role_model_args": f"model={ROLE_MODEL},base_url={chat_url},timeout=1,max_retries=6",
         "rounds": ROUNDS,
-        "data_dir": str(esc_data),
+        "data_dir": str(card_dir),
         "judge": "llm_rubric",
         "judge_backend": "openai",
         "judge_args": f"base_url={base_url},model={JUDGE_MODEL},num_concurrent=4,{FAST_JUDGE}",
@@ -122,12 +122,12 @@ def esc_args(chat_url: str, base_url: str, esc_data: Path) -> list[str]:
     ]
 
 
-def run_esc(reply: Callable, esc_data: Path, output: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, int]:
+def run_esc(reply: Callable, card_dir: Path, output: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, int]:
     """One esc_eval run against a loopback server answering with ``reply``; fresh judge cache and judges."""
     monkeypatch.setenv("ESC_GUARD_CACHE", str(output / "cache"))
     monkeypatch.setattr(judging, "_JUDGES", {})
     with LoopbackChatServer(reply, models=[ROLE_MODEL, SUPPORTER_MODEL, JUDGE_MODEL]) as server:
-        run = run_cli(esc_args(server.chat_url, server.base_url, esc_data), output / "run")
+        run = run_cli(esc_args(server.chat_url, server.base_url, card_dir), output / "run")
         assert not server.errors, server.errors
         return run, len(server.chat_bodies())
 
@@ -139,13 +139,13 @@ def comparable(run: Run) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_esc_eval_under_20_percent_faults_equals_a_fault_free_run(esc_data, tmp_path, monkeypatch):
+def test_esc_eval_under_20_percent_faults_equals_a_fault_free_run(card_dir, tmp_path, monkeypatch):
     """Supporter, role-player and judge all behind a server failing 20% of attempts with every fault kind:
     the run completes, each faulted attempt is retried (the server receives exactly one extra request per
     fault), and the metric rows, transcripts and verdicts are identical to a fault-free run's."""
-    clean, clean_requests = run_esc(scripted, esc_data, tmp_path / "clean", monkeypatch)
+    clean, clean_requests = run_esc(scripted, card_dir, tmp_path / "clean", monkeypatch)
     injector = FaultInjector(scripted)
-    faulty, faulty_requests = run_esc(injector, esc_data, tmp_path / "faulty", monkeypatch)
+    faulty, faulty_requests = run_esc(injector, card_dir, tmp_path / "faulty", monkeypatch)
 
     assert comparable(faulty) == comparable(clean)
     assert clean_requests == 2 * ROUNDS * 2 + 2 * 7  # 2 dialogues × rounds × 2 speakers + 2 × 7 judge requests
@@ -274,13 +274,13 @@ def closed_port() -> int:
 
 
 @pytest.mark.slow
-def test_esc_eval_with_a_dead_role_player_fails_naming_endpoint_and_attempts(esc_data, tmp_path):
+def test_esc_eval_with_a_dead_role_player_fails_naming_endpoint_and_attempts(card_dir, tmp_path):
     """The role-player's server refuses every connection: lm_eval raises ChatAPIError naming the endpoint, the
     role model and the 1 + max_retries attempts, well within the backoff budget; nothing is written as a result."""
     port = closed_port()
     dead = f"http://127.0.0.1:{port}/v1/chat/completions"
     with LoopbackChatServer(scripted) as server:
-        args = esc_args(server.chat_url, server.base_url, esc_data)
+        args = esc_args(server.chat_url, server.base_url, card_dir)
         meta = json.loads(args[args.index("--metadata") + 1])
         meta["role_model_args"] = f"model={ROLE_MODEL},base_url={dead},max_retries=2"
         args[args.index("--metadata") + 1] = json.dumps(meta)

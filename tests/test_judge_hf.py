@@ -128,14 +128,14 @@ def test_cache_serves_a_second_run_without_calling_the_judge(tmp_path, transcrip
     assert other.calls == 84
 
 
-def test_esc_eval_with_esc_rank_prints_dimension_rows(tiny_model, tiny_judge, esc_data, tmp_path, monkeypatch):
+def test_esc_eval_with_esc_rank_prints_dimension_rows(tiny_model, tiny_judge, card_dir, tmp_path, monkeypatch):
     """lm_eval --tasks esc_eval with judge=esc_rank: 7 dimensions + average (0–100, with stderr), invalid rate;
     verdicts with raw replies in the samples; the judge's identity in the results."""
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
     base, adapters = tiny_judge
     args = tiny_args(
         tiny_model,
-        data_dir=str(esc_data),
+        data_dir=str(card_dir),
         limit=3,
         rounds=1,
         judge="esc_rank",
@@ -157,7 +157,7 @@ def test_esc_eval_with_esc_rank_prints_dimension_rows(tiny_model, tiny_judge, es
     assert judge_meta["judge"] == "esc_rank" and judge_meta["args"]["pretrained"] == str(base)
 
 
-def test_predict_only_never_loads_the_judge(tiny_model, esc_data, tmp_path, monkeypatch):
+def test_predict_only_never_loads_the_judge(tiny_model, card_dir, tmp_path, monkeypatch):
     """--predict_only with judge=esc_rank produces dialogues and never builds a judge."""
     import esc_guard_tasks.esc_eval.judging as judging
 
@@ -166,14 +166,14 @@ def test_predict_only_never_loads_the_judge(tiny_model, esc_data, tmp_path, monk
 
     monkeypatch.setattr(judging, "build_backend", forbidden)
     args = tiny_args(
-        tiny_model, data_dir=str(esc_data), limit=1, rounds=1, judge="esc_rank", judge_args="pretrained=/nonexistent"
+        tiny_model, data_dir=str(card_dir), limit=1, rounds=1, judge="esc_rank", judge_args="pretrained=/nonexistent"
     )
     run = run_cli([*args, "--apply_chat_template", "--predict_only"], tmp_path)
     assert len(run.transcripts("esc_eval_en")) == 1
 
 
 def test_rescore_judges_saved_dialogues_in_the_harness_format(
-    tiny_model, tiny_judge, judge, esc_data, tmp_path, monkeypatch
+    tiny_model, tiny_judge, judge, card_dir, tmp_path, monkeypatch
 ):
     """`esc-guard rescore` judges a judge=none run's saved dialogues without regenerating them: same
     transcripts, verdicts equal to judging them directly, lm-eval results and samples files with group rows."""
@@ -181,7 +181,7 @@ def test_rescore_judges_saved_dialogues_in_the_harness_format(
 
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
     first = run_cli(
-        [*tiny_args(tiny_model, data_dir=str(esc_data), limit=2, rounds=1), "--apply_chat_template", "--log_samples"],
+        [*tiny_args(tiny_model, data_dir=str(card_dir), limit=2, rounds=1), "--apply_chat_template", "--log_samples"],
         tmp_path / "first",
     )
     files = sorted(first.output.glob("**/samples_esc_eval_*.jsonl"))

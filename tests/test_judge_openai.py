@@ -443,7 +443,7 @@ def test_api_key_reaches_the_server_and_nothing_else(monkeypatch, caplog):
 # -- through lm-eval -------------------------------------------------------------------------
 
 
-def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, esc_data, tmp_path, monkeypatch):
+def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, card_dir, tmp_path, monkeypatch):
     """lm_eval --tasks esc_eval with judge=esc_rank, judge_backend=openai: 2 dialogues × 7 = 14 judge requests
     reach the server (EN ones to ``*_en`` adapters), dimension rows appear, the key is nowhere in the outputs;
     a second identical run (fresh process-level judge, same disk cache) sends zero requests."""
@@ -453,7 +453,7 @@ def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, esc_data
         base_url = server.base_url
         args = tiny_args(
             tiny_model,
-            data_dir=str(esc_data),
+            data_dir=str(card_dir),
             limit=1,
             rounds=1,
             judge="esc_rank",

@@ -49,10 +49,10 @@ def test_task_names_are_discovered_without_flags():
     assert {"esc_eval_en", "esc_eval_zh"} <= set(manager.all_subtasks)
 
 
-def test_full_run_batches_rounds_and_logs_transcripts(tiny_model, esc_data, tmp_path, generate_calls):
+def test_full_run_batches_rounds_and_logs_transcripts(tiny_model, card_dir, tmp_path, generate_calls):
     """Both languages advance together: 2 batched calls per round, each holding all 4 dialogues;
     every logged sample carries card id, language and the full transcript with speaker roles."""
-    run = run_cli([*tiny_args(tiny_model, data_dir=str(esc_data)), "--apply_chat_template", "--log_samples"], tmp_path)
+    run = run_cli([*tiny_args(tiny_model, data_dir=str(card_dir)), "--apply_chat_template", "--log_samples"], tmp_path)
 
     assert [c["speaker"] for c in generate_calls] == ["role", "supporter"] * 2
     assert all(len(c["contexts"]) == 4 for c in generate_calls)
@@ -75,12 +75,12 @@ def test_full_run_batches_rounds_and_logs_transcripts(tiny_model, esc_data, tmp_
     assert meta["judge"]["judge"] == "none" and meta["rounds"] == 2
 
 
-def test_chat_templates_and_system_instruction(tiny_model, esc_data, tmp_path, generate_calls):
+def test_chat_templates_and_system_instruction(tiny_model, card_dir, tmp_path, generate_calls):
     """With --apply_chat_template each model's own template renders its own view; --system_instruction
     replaces only the supporter's system prompt; --gen_kwargs reach only the supporter."""
     run_cli(
         [
-            *tiny_args(tiny_model, data_dir=str(esc_data), limit=1),
+            *tiny_args(tiny_model, data_dir=str(card_dir), limit=1),
             "--apply_chat_template",
             "--system_instruction",
             "Be a kind listener.",
@@ -103,10 +103,10 @@ def test_chat_templates_and_system_instruction(tiny_model, esc_data, tmp_path, g
     assert all(kw["max_gen_toks"] == 6 and kw["do_sample"] for kw in role_round2["gen_kwargs"])
 
 
-def test_plain_transcript_fallback_without_chat_template(tiny_model, esc_data, tmp_path, generate_calls):
+def test_plain_transcript_fallback_without_chat_template(tiny_model, card_dir, tmp_path, generate_calls):
     """Without --apply_chat_template the supporter (a base model) gets a plain User/Assistant script
     that stops at the next 'User:' turn; the role-player still uses its chat template."""
-    run_cli(tiny_args(tiny_model, data_dir=str(esc_data), limit=1), tmp_path)
+    run_cli(tiny_args(tiny_model, data_dir=str(card_dir), limit=1), tmp_path)
     supporter = generate_calls[3]
     for context, kwargs in zip(supporter["contexts"], supporter["gen_kwargs"], strict=True):
         assert context.startswith("You are a helpful assistant!\n\nUser: ")
@@ -115,11 +115,11 @@ def test_plain_transcript_fallback_without_chat_template(tiny_model, esc_data, t
     assert all(ctx.startswith("<|im_start|>system\n") for ctx in generate_calls[2]["contexts"])
 
 
-def test_limit_samples_and_batch_size(tiny_model, esc_data, tmp_path, generate_calls):
+def test_limit_samples_and_batch_size(tiny_model, card_dir, tmp_path, generate_calls):
     """--samples picks exact cards per task; a fixed --batch_size is shared by the hf role-player."""
     run = run_cli(
         [
-            *tiny_args(tiny_model, data_dir=str(esc_data), limit=None, rounds=1),
+            *tiny_args(tiny_model, data_dir=str(card_dir), limit=None, rounds=1),
             "--apply_chat_template",
             "--samples",
             json.dumps({"esc_eval_en": [1], "esc_eval_zh": [0, 2]}),
@@ -135,22 +135,22 @@ def test_limit_samples_and_batch_size(tiny_model, esc_data, tmp_path, generate_c
     assert {c["batch_size"] for c in generate_calls} == {3}
 
 
-def test_predict_only_keeps_dialogues_without_metrics(tiny_model, esc_data, tmp_path):
+def test_predict_only_keeps_dialogues_without_metrics(tiny_model, card_dir, tmp_path):
     """--predict_only writes the transcripts and computes no metric."""
     run = run_cli(
-        [*tiny_args(tiny_model, data_dir=str(esc_data), limit=1, rounds=1), "--apply_chat_template", "--predict_only"],
+        [*tiny_args(tiny_model, data_dir=str(card_dir), limit=1, rounds=1), "--apply_chat_template", "--predict_only"],
         tmp_path,
     )
     assert "empty_turn_rate,none" not in run.results["results"]["esc_eval_en"]
     assert len(run.transcripts("esc_eval_zh")[0]["turns"]) == 2
 
 
-def test_seeded_role_player_is_reproducible(tiny_model, esc_data, tmp_path):
+def test_seeded_role_player_is_reproducible(tiny_model, card_dir, tmp_path):
     """The same seed gives identical sampled dialogues; another seed gives different ones."""
 
     def transcripts(seed: int, sub: str) -> list:
         args = [
-            *tiny_args(tiny_model, data_dir=str(esc_data), limit=2, rounds=2, seed=seed),
+            *tiny_args(tiny_model, data_dir=str(card_dir), limit=2, rounds=2, seed=seed),
             "--apply_chat_template",
             "--log_samples",
         ]
@@ -161,7 +161,7 @@ def test_seeded_role_player_is_reproducible(tiny_model, esc_data, tmp_path):
     assert first != other
 
 
-def test_caches_never_serve_stale_settings(tiny_model, esc_data, tmp_path):
+def test_caches_never_serve_stale_settings(tiny_model, card_dir, tmp_path):
     """--use_cache and --cache_requests work, and a changed --metadata (rounds) takes effect on rerun."""
     cache = [
         "--use_cache",
@@ -171,16 +171,16 @@ def test_caches_never_serve_stale_settings(tiny_model, esc_data, tmp_path):
         "--apply_chat_template",
         "--log_samples",
     ]
-    first = run_cli([*tiny_args(tiny_model, data_dir=str(esc_data), limit=1, rounds=1), *cache], tmp_path / "a")
-    second = run_cli([*tiny_args(tiny_model, data_dir=str(esc_data), limit=1, rounds=2), *cache], tmp_path / "b")
+    first = run_cli([*tiny_args(tiny_model, data_dir=str(card_dir), limit=1, rounds=1), *cache], tmp_path / "a")
+    second = run_cli([*tiny_args(tiny_model, data_dir=str(card_dir), limit=1, rounds=2), *cache], tmp_path / "b")
     assert len(first.transcripts("esc_eval_en")[0]["turns"]) == 2
     assert len(second.transcripts("esc_eval_en")[0]["turns"]) == 4
     assert second.results["configs"]["esc_eval_en"]["metadata"]["esc_eval"]["rounds"] == 2
 
 
-def test_settings_from_environment(tiny_model, esc_data, tmp_path, monkeypatch):
+def test_settings_from_environment(tiny_model, card_dir, tmp_path, monkeypatch):
     """ESC_EVAL_<KEY> variables configure the task when --metadata does not."""
-    monkeypatch.setenv("ESC_EVAL_DATA_DIR", str(esc_data))
+    monkeypatch.setenv("ESC_EVAL_DATA_DIR", str(card_dir))
     monkeypatch.setenv("ESC_EVAL_ROUNDS", "1")
     run = run_cli(
         [*tiny_args(tiny_model, tasks="esc_eval_zh", limit=1, rounds=None), "--apply_chat_template", "--log_samples"],

@@ -32,12 +32,12 @@ metric_list:
 
 
 @pytest.fixture(scope="module")
-def judged(tiny_model, esc_data, tmp_path_factory):
+def judged(tiny_model, card_dir, tmp_path_factory):
     """ESC-Eval, 2 cards per language, 1 round, judged by 14 tiny LoRA adapters, samples logged."""
     work = tmp_path_factory.mktemp("esc_judged")
     base, adapters = build_tiny_judge(work / "judge")
     judge_args = f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1"
-    args = tiny_args(tiny_model, data_dir=str(esc_data), limit=2, rounds=1, judge="esc_rank", judge_args=judge_args)
+    args = tiny_args(tiny_model, data_dir=str(card_dir), limit=2, rounds=1, judge="esc_rank", judge_args=judge_args)
     run = run_cli([*args, "--apply_chat_template", "--log_samples"], work / "out")
     (results,) = (work / "out").glob("**/results_*.json")
     return run, results, sorted((work / "out").glob("**/samples_*.jsonl"))

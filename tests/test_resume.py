@@ -291,7 +291,7 @@ def _outcome(out: Path) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_results(
-    tiny_model, tiny_judge_args, esc_data, tmp_path, monkeypatch
+    tiny_model, tiny_judge_args, card_dir, tmp_path, monkeypatch
 ):
     """lm_eval --tasks esc_eval (sampled role-player, greedy supporter, ESC-RANK-style judge) SIGKILLed twice at random
     points of the dialogue rounds and once while judging, then rerun with the same command: results and samples equal
@@ -299,7 +299,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_results(
     stores did not hold — none twice, none lost."""
     args = [
         *tiny_args(
-            tiny_model, data_dir=str(esc_data), limit=2, rounds=ROUNDS, judge="esc_rank", judge_args=tiny_judge_args
+            tiny_model, data_dir=str(card_dir), limit=2, rounds=ROUNDS, judge="esc_rank", judge_args=tiny_judge_args
         ),
         "--apply_chat_template",
         "--log_samples",

@@ -56,7 +56,7 @@ class Outage:
 
 def args(
     server: LoopbackChatServer,
-    esc_data: Path,
+    card_dir: Path,
     store: str,
     *,
     supporter: str = SUPPORTER_MODEL,
@@ -69,7 +69,7 @@ def args(
         "role_model": "local-chat-completions",
         "role_model_args": f"model={ROLE_MODEL},base_url={server.chat_url},max_retries=1",
         "rounds": ROUNDS,
-        "data_dir": str(esc_data),
+        "data_dir": str(card_dir),
         "judge": "llm_rubric",
         "judge_backend": "openai",
         "judge_args": f"base_url={server.base_url},model={JUDGE_MODEL},max_retries=1,retry_backoff=0.01",
@@ -90,7 +90,7 @@ def stored_turns(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(esc_data, tmp_path, monkeypatch):
+def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(card_dir, tmp_path, monkeypatch):
     """The supporter dies in round 3: ChatAPIError names its endpoint, model and 2 attempts, no results are
     written, and the 10 turns before it are in the store. Rerun with the judge dead: only the missing 6 turns are
     asked for, then the judge's error. Rerun healthy: no speaker request at all, exactly the 14 judgements, and
@@ -103,7 +103,7 @@ def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(es
             cache = "reference_cache" if name == "reference" else "cache"
             monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / cache))
             monkeypatch.setattr(judging, "_JUDGES", {})
-            return run_cli(args(server, esc_data, store_setting), tmp_path / name)
+            return run_cli(args(server, card_dir, store_setting), tmp_path / name)
 
         reference = run("reference", "none")
 
@@ -134,7 +134,7 @@ def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(es
 
 
 @pytest.mark.slow
-def test_a_changed_setting_in_the_cli_regenerates_every_turn(esc_data, tmp_path, monkeypatch):
+def test_a_changed_setting_in_the_cli_regenerates_every_turn(card_dir, tmp_path, monkeypatch):
     """After a complete run into a store, the same command asks for no turn again; with the supporter's model or
     generation kwargs, the role-player's model args or generation kwargs, the seed, or the protocol prompts changed
     (what the harness puts into the dialogue key), every one of the 2 × rounds × 2 turns is asked for again."""
@@ -159,7 +159,7 @@ def test_a_changed_setting_in_the_cli_regenerates_every_turn(esc_data, tmp_path,
                 if name == "protocol_prompts":
                     edited = store_module.prompts() | {"edited": True}
                     patch.setattr(store_module, "prompts", lambda: edited)
-                command = args(server, esc_data, store, metadata={"judge": "none", **change}, **options)
+                command = args(server, card_dir, store, metadata={"judge": "none", **change}, **options)
                 run_cli(command, tmp_path / name)
             return sum(body["model"] != JUDGE_MODEL for body in server.chat_bodies()[before:])
 

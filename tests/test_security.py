@@ -127,7 +127,7 @@ def scripted(body: dict[str, Any]) -> str:
 
 
 @pytest.mark.slow
-def test_api_keys_never_reach_logs_results_or_samples(esc_data, tmp_path, monkeypatch, caplog, capfd):
+def test_api_keys_never_reach_logs_results_or_samples(card_dir, tmp_path, monkeypatch, caplog, capfd):
     """OPENAI_API_KEY (supporter and role-player, lm-eval's chat-completions backends) and ESC_EVAL_JUDGE_API_KEY
     (the judge) set to unique sentinels; the server echoes the key in one error. A full esc_eval run with
     --log_samples reaches the server with each key as a Bearer token, and neither sentinel appears in any
@@ -151,7 +151,7 @@ def test_api_keys_never_reach_logs_results_or_samples(esc_data, tmp_path, monkey
             "role_model": "local-chat-completions",
             "role_model_args": f"model={ROLE_MODEL},base_url={server.chat_url}",
             "rounds": 2,
-            "data_dir": str(esc_data),
+            "data_dir": str(card_dir),
             "judge": "llm_rubric",
             "judge_backend": "openai",
             "judge_args": f"base_url={server.base_url},model={JUDGE_MODEL},retry_backoff=0.01",

@@ -63,14 +63,20 @@ def test_bad_values_name_their_source(metadata, environ, message):
 
 
 def test_identities_never_carry_secrets():
-    """Arguments that look like credentials are dropped from what is written to results."""
+    """Arguments that look like credentials are dropped from what is written to results; a credential in
+    judge_args (which no judge backend accepts: keys come from the environment) is refused without echoing it."""
     s = ESCSettings.from_sources(
         {
             "role_model": "local-chat-completions",
             "role_model_args": "model=m,base_url=http://x,api_key=SENTINEL",
-            "judge_args": "model=j,token=SENTINEL",
+            "judge": "llm_rubric",
+            "judge_backend": "openai",
+            "judge_args": "base_url=http://x/v1,model=j",
         },
         {},
     )
     assert "SENTINEL" not in repr(s.describe())
     assert s.describe()["role_player"]["model"] == "m"
+    with pytest.raises(ValueError, match="read only from the environment") as refused:
+        ESCSettings.from_sources({"judge_args": "model=j,token=SENTINEL"}, {})
+    assert "SENTINEL" not in str(refused.value)

@@ -199,7 +199,7 @@ def tiny_vllm_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lm_eval_runs(tiny_vllm_model, tiny_judge, esc_data, tmp_path_factory):
+def lm_eval_runs(tiny_vllm_model, tiny_judge, card_dir, tmp_path_factory):
     """`lm_eval --model vllm` runs of esc_eval (--limit 1: one card per language, 2 rounds), the
     role-player on vLLM too: seed 7 judged by judge_backend=vllm, seed 7 again and seed 8 unjudged."""
     model_args = kv({"pretrained": tiny_vllm_model, "max_model_len": 4096} | ENGINE)
@@ -211,7 +211,7 @@ def lm_eval_runs(tiny_vllm_model, tiny_judge, esc_data, tmp_path_factory):
 
     def run(name: str, seed: int, **metadata):
         meta = {
-            "data_dir": str(esc_data),
+            "data_dir": str(card_dir),
             "role_model": "vllm",
             "role_model_args": model_args,
             "role_gen_kwargs": {"max_gen_toks": 6},

@@ -65,10 +65,15 @@ def test_wheel_contents(wheel):
     assert "[lm_eval.tasks]" in text and "esc_guard_tasks = esc_guard_tasks.task_yamls.lm_eval" in text
     assert "[lmms_eval.models]" in text
     assert "hf_image_text = esc_guard_tasks.harness.lmms_eval_discovery:model_manifests" in text
+    # typed package, the lmms_eval command, and the licence texts beside the metadata
+    assert "esc_guard_tasks/py.typed" in names
+    assert "lmms_eval = esc_guard_tasks.lmms_eval_cli:main" in text
+    licences = {n.rsplit("/", 1)[-1] for n in names if ".dist-info/" in n}
+    assert {"LICENSE", "NOTICE"} <= licences
 
 
 @pytest.mark.slow
-def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, esc_data):
+def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, card_dir):
     """`pip install <wheel>` into an empty venv, then plain `lm_eval --tasks esc_eval` (no --include_path,
     no environment variable) runs, and `lm_eval ls tasks` lists the three names."""
     venv = tmp_path / "venv"
@@ -83,7 +88,7 @@ def test_fresh_venv_install_runs_esc_eval(wheel, tmp_path, tiny_model, esc_data)
     assert {"esc_eval", "esc_eval_en", "esc_eval_zh"} <= names
 
     metadata = {
-        "data_dir": str(esc_data),
+        "data_dir": str(card_dir),
         "role_model_args": f"pretrained={tiny_model}",
         "role_gen_kwargs": {"max_gen_toks": 4},
         "rounds": 1,

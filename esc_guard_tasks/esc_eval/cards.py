@@ -20,9 +20,13 @@ from esc_guard_tasks.esc_eval.settings import ESCSettings
 
 UPSTREAM_REPO = "haidequanbu/ESC-Eval"
 UPSTREAM_COMMIT = "9ad46e7b5e247e824dae4633910eaa82be668beb"
-UPSTREAM_URL = "https://raw.githubusercontent.com/{repo}/{commit}/data/{file}"
+UPSTREAM_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{folder}/{file}"
 # card_set → file name per language. "demo" cards are our own, shipped in the package.
 CARD_FILES = {"high": "card_high_{language}.json", "demo": "card_demo_{language}.json"}
+
+
+# The card id column is int64 in the ``datasets`` (Arrow) table every card goes through.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 class CardError(ValueError):
@@ -68,6 +72,8 @@ def _parse_record(record: Any, where: str, language: Language) -> Card:
             raise CardError(f"{where}: missing required field '{key}'")
     if isinstance(card_id, bool) or not isinstance(card_id, int):
         raise CardError(f"{where}: 'id' must be an integer, got {type(card_id).__name__}")
+    if not ID_MIN <= card_id <= ID_MAX:
+        raise CardError(f"{where}: 'id' must fit a signed 64-bit integer ({ID_MIN} to {ID_MAX}), the dataset's id type")
     base = record["base"]
     if not isinstance(base, str) or not base.strip():
         raise CardError(f"{where}: 'base' must be a non-empty string")
@@ -103,11 +109,12 @@ def read_card_file(path: Path, language: Language) -> list[Card]:
     return parse_cards(text, str(path), language)
 
 
-def fetch_upstream(file_name: str) -> Path:
-    """Download a card file from the pinned upstream commit (cached by ``datasets``)."""
+def fetch_upstream(file_name: str, folder: str = "data") -> Path:
+    """Download a file of the pinned upstream commit (cached by ``datasets``): a card file, or for the tests
+    an example transcript (``folder="result/2024-06-24"``)."""
     from datasets.utils.file_utils import cached_path
 
-    url = UPSTREAM_URL.format(repo=UPSTREAM_REPO, commit=UPSTREAM_COMMIT, file=file_name)
+    url = UPSTREAM_URL.format(repo=UPSTREAM_REPO, commit=UPSTREAM_COMMIT, folder=folder, file=file_name)
     try:
         return Path(cached_path(url))
     except Exception as err:  # noqa: BLE001 - offline, HTTP, proxy or cache errors all need the same advice
@@ -125,7 +132,7 @@ def load_cards(language: Language, card_set: str = "high", data_dir: str | os.Pa
         raise CardError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
     file_name = card_file_name(card_set, language)
     if card_set == "demo":
-        demo = resources.files(__package__).joinpath("demo_cards", file_name)
+        demo = resources.files(__package__).joinpath("demo_cards").joinpath(file_name)
         return parse_cards(demo.read_text("utf-8"), f"demo card file {file_name}", language)
     if data_dir:
         return read_card_file(Path(data_dir) / file_name, language)
@@ -133,7 +140,11 @@ def load_cards(language: Language, card_set: str = "high", data_dir: str | os.Pa
 
 
 def load_card_dataset(language: Language, card_set: str = "high", **metadata: Any):
-    """lm-eval ``custom_dataset`` entry: called with task metadata and ``dataset_kwargs``."""
+    """lm-eval ``custom_dataset`` entry: called with task metadata and ``dataset_kwargs``.
+
+    One row (doc) per dialogue: with ``trials`` > 1 each card gives ``trials`` rows in a row, card by card,
+    each with its ``trial`` index (so ``--limit``/``--samples`` count dialogues; a multiple of ``trials`` keeps
+    whole cards). With one trial the rows are the cards alone, exactly as before trials existed."""
     import datasets
 
     settings = ESCSettings.from_sources(metadata, os.environ)
@@ -141,7 +152,14 @@ def load_card_dataset(language: Language, card_set: str = "high", **metadata: An
     rows = [
         {"card_id": c.id, "language": c.language, "base": c.base, "source": c.source, "topic": c.topic} for c in cards
     ]
+    if settings.trials > 1:
+        rows = [row | {"trial": trial} for row in rows for trial in range(settings.trials)]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def trial_of_doc(doc: dict[str, Any]) -> int:
+    """The doc's trial index: 0 in a single-trial run, whose rows carry none."""
+    return int(doc.get("trial", 0))
 
 
 def card_from_doc(doc: dict[str, Any]) -> Card:

@@ -44,21 +44,34 @@ class ChatModel(Protocol):
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]: ...
 
 
+def prompt_truncation(model: ChatModel, conversations: Sequence[list[Message]]) -> list[bool | None]:
+    """Per history, whether the speaker's backend will cut its prompt to fit its context (None: unknown).
+
+    A speaker may offer ``prompt_truncation(conversations)``; the engine records the answer with each turn
+    (and the store keeps it), so an overflowing context is counted, never silently absorbed."""
+    measure = getattr(model, "prompt_truncation", None)
+    return list(measure(conversations)) if measure is not None else [None] * len(conversations)
+
+
 @dataclass(frozen=True)
 class DialogueSetup:
     """What differs per dialogue: the card, and what the supporter is told about itself."""
 
     card: Card
     supporter_system_prompt: str
+    # Which play of the card (``trials`` setting): its own seeds and store key; trial 0 is the single-trial dialogue.
+    trial: int = 0
 
 
 # Called after each speaker's batch with (round index, speaker that just spoke).
 ProgressCallback = Callable[[int, Speaker], None]
 
 
-def dialogue_seed(run_seed: int, card: Card) -> int:
-    """A per-dialogue seed that does not depend on which other cards share the batch."""
-    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}".encode())
+def dialogue_seed(run_seed: int, card: Card, trial: int = 0) -> int:
+    """A per-dialogue seed that does not depend on which other cards share the batch; trial 0 keeps the seed
+    of a run without trials, so a single-trial run's dialogues are the first trial of a multi-trial run."""
+    suffix = f":{trial}" if trial else ""
+    return zlib.crc32(f"{run_seed}:{card.language}:{card.id}{suffix}".encode())
 
 
 def turn_seed(dialogue: int, turn_index: int) -> int:
@@ -80,10 +93,10 @@ class DialogueEngine:
         transcripts = [Transcript.start(s.card) for s in setups]
         if not setups:
             return transcripts
-        keys = [dialogue_key(self.identity, self.seed, s.card, s.supporter_system_prompt) for s in setups]
+        keys = [dialogue_key(self.identity, self.seed, s.card, s.supporter_system_prompt, s.trial) for s in setups]
         if self.store is not None:
             self._resume(self.store, transcripts, keys)
-        seeds = [dialogue_seed(self.seed, s.card) for s in setups]
+        seeds = [dialogue_seed(self.seed, s.card, s.trial) for s in setups]
         for round_index in range(self.rounds):
             for speaker in ("seeker", "supporter"):
                 turn = 2 * round_index + (speaker == "supporter")
@@ -132,10 +145,11 @@ class DialogueEngine:
         else:
             model = self.supporter
             views = [supporter_messages(s.supporter_system_prompt, t) for s, t in zip(setups, transcripts, strict=True)]
+        truncated = prompt_truncation(model, views)
         replies = model.generate(views, [turn_seed(seed, turn) for seed in seeds])
         if len(replies) != len(transcripts):
             raise RuntimeError(f"the {speaker} returned {len(replies)} replies for {len(transcripts)} dialogues")
-        new = [Turn(speaker, reply.strip()) for reply in replies]
+        new = [Turn(speaker, reply.strip(), cut) for reply, cut in zip(replies, truncated, strict=True)]
         for transcript, t in zip(transcripts, new, strict=True):
             transcript.turns.append(t)
         if self.store is not None:

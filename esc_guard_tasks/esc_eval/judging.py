@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from esc_guard_tasks.esc_eval.checks import HF_ARGS, VLLM_ARGS, judge_args_for
 from esc_guard_tasks.esc_eval.protocol import Transcript, prompts
 from esc_guard_tasks.esc_eval.rubric import (
     SCORE_LABELS,
@@ -28,6 +29,8 @@ from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest
 
 ESC_RANK_BASE = "internlm/internlm2-chat-7b"
 ESC_RANK_ADAPTERS = "haidequanbu/ESC-RANK"
+# The reference scorer (score.py) loads InternLM2 + ESC-RANK in float16; judge_args dtype=… overrides it.
+ESC_RANK_DTYPE = "float16"
 
 
 @dataclass(frozen=True)
@@ -84,53 +87,25 @@ def get_judge(settings: ESCSettings) -> JudgeBackend:
 
 
 def build_backend(settings: ESCSettings) -> JudgeBackend:
-    args = parse_kv(settings.judge_args)
     if settings.judge == "none":
         raise ValueError("judge=none has no backend")
+    # the same check the settings ran before any model loaded (ESCSettings may also be built directly)
+    args = judge_args_for(settings.judge, settings.judge_backend, parse_kv(settings.judge_args))
     builders = {"hf": _hf_backend, "openai": _openai_backend, "vllm": _vllm_backend}
     return builders[settings.judge_backend](settings.judge, args)
 
 
 def _openai_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
-    """An OpenAI-compatible server. ESC-RANK: one served model per adapter (``model`` must contain ``{adapter}``,
-    default ``{adapter}`` as ``vllm serve --lora-modules fluency_en=…`` names them); llm_rubric: one named model."""
-    from esc_guard_tasks.judges.openai_chat import ADAPTER_FIELD, API_KEY_ENV, OPENAI_ARGS, OpenAIChatJudge
+    """An OpenAI-compatible server. ESC-RANK: one served model per adapter (``model`` default ``{adapter}``, as
+    ``vllm serve --lora-modules fluency_en=…`` names them); llm_rubric: one named model."""
+    from esc_guard_tasks.judges.openai_chat import ADAPTER_FIELD, OpenAIChatJudge
 
-    unknown = sorted(set(args) - set(OPENAI_ARGS))
-    if unknown:
-        hint = ""
-        if any("key" in name.lower() or "token" in name.lower() for name in unknown):
-            hint = f"; the API key is read only from the environment ({' or '.join(API_KEY_ENV)})"
-        raise ValueError(
-            f"unknown judge_args for the openai backend: {', '.join(unknown)}"
-            f" (accepted: {', '.join(OPENAI_ARGS)}){hint}"
-        )
-    if not args.get("base_url"):
-        raise ValueError(
-            "judge_backend=openai needs judge_args base_url=<server>, e.g. base_url=http://localhost:8000/v1"
-        )
     if judge == "esc_rank":
-        model = str(args.setdefault("model", ADAPTER_FIELD))
-        if ADAPTER_FIELD not in model:
-            raise ValueError(
-                f"judge=esc_rank needs a served model per adapter: judge_args model must contain {ADAPTER_FIELD}"
-                f" (e.g. model={ADAPTER_FIELD}), got model={model}"
-            )
-    else:
-        model = str(args.get("model") or "")
-        if not model:
-            raise ValueError(
-                "judge=llm_rubric with judge_backend=openai needs judge_args model=<served model name>"
-                " (e.g. model=gpt-4o)"
-            )
-        if ADAPTER_FIELD in model:
-            raise ValueError(
-                f"judge=llm_rubric asks one model for every dimension: model must not contain {ADAPTER_FIELD}"
-            )
+        args.setdefault("model", ADAPTER_FIELD)
     return OpenAIChatJudge(**args, identity={"judge": judge})
 
 
-def _local_weights(judge: str, backend: str, args: dict[str, Any]) -> tuple[str, dict[str, str] | None, dict]:
+def _local_weights(judge: str, args: dict[str, Any]) -> tuple[str, dict[str, str] | None, dict]:
     """Pop the weight locations from ``args``: ESC-RANK's base + adapters (converted if needed), or one chat model."""
     if judge == "esc_rank":
         from esc_guard_tasks.esc_rank.checkpoints import resolve_esc_rank
@@ -141,36 +116,26 @@ def _local_weights(judge: str, backend: str, args: dict[str, Any]) -> tuple[str,
             revision=args.pop("revision", None),
             adapters_revision=args.pop("adapters_revision", None),
         )
-    if "pretrained" not in args:
-        raise ValueError(f"judge=llm_rubric with judge_backend={backend} needs judge_args pretrained=<chat model>")
     return str(args.pop("pretrained")), None, {}
-
-
-def _reject_unknown(backend: str, args: dict[str, Any], accepted: Sequence[str]) -> None:
-    if args:
-        raise ValueError(
-            f"unknown judge_args for the {backend} backend: {', '.join(sorted(args))}"
-            f" (accepted: pretrained, adapters, revision, adapters_revision, {', '.join(accepted)})"
-        )
 
 
 def _hf_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
     """transformers + peft in process: the base once, every adapter attached."""
     from esc_guard_tasks.judges.hf_lora import HFLoraJudge
 
-    accepted = ("dtype", "device", "batch_size", "score_mode", "max_new_tokens")
-    options = {k: args.pop(k) for k in accepted if k in args}
-    base, adapters, identity = _local_weights(judge, "hf", args)
-    _reject_unknown("hf", args, accepted)
+    options = {k: args.pop(k) for k in HF_ARGS if k in args}
+    if judge == "esc_rank":
+        options.setdefault("dtype", ESC_RANK_DTYPE)
+    base, adapters, identity = _local_weights(judge, args)
     return HFLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)
 
 
 def _vllm_backend(judge: str, args: dict[str, Any]) -> JudgeBackend:
     """vLLM in process: ESC-RANK's base with all 14 adapters in one engine (multi-LoRA); llm_rubric: one model."""
-    from esc_guard_tasks.judges.vllm_lora import ENGINE_ARGS, VLLMLoraJudge
+    from esc_guard_tasks.judges.vllm_lora import VLLMLoraJudge
 
-    accepted = ("score_mode", "max_new_tokens", *ENGINE_ARGS)
-    options = {k: args.pop(k) for k in accepted if k in args}
-    base, adapters, identity = _local_weights(judge, "vllm", args)
-    _reject_unknown("vllm", args, accepted)
+    options = {k: args.pop(k) for k in VLLM_ARGS if k in args}
+    if judge == "esc_rank":
+        options.setdefault("dtype", ESC_RANK_DTYPE)
+    base, adapters, identity = _local_weights(judge, args)
     return VLLMLoraJudge(base, adapters, labels=SCORE_LABELS, identity={"judge": judge} | identity, **options)

@@ -56,6 +56,9 @@ class Card:
 class Turn:
     speaker: Speaker
     text: str
+    # Whether the speaker's harness cut this turn's prompt from the left to fit its context budget
+    # (None: not measured, e.g. an API backend, which does not say).
+    prompt_truncated: bool | None = None
 
 
 @dataclass
@@ -88,7 +91,7 @@ class Transcript:
     def from_reference_lines(cls, lines: list[str], card_id: int, language: Language) -> Transcript:
         """Parse the reference's transcript format (upstream ``result/*.json`` values)."""
         prefix = prompts()["protocol"]["transcript_prefix"]
-        by_prefix = {prefix["role_player"]: "seeker", prefix["supporter_or_greeting"]: "supporter"}
+        by_prefix: dict[str, Speaker] = {prefix["role_player"]: "seeker", prefix["supporter_or_greeting"]: "supporter"}
 
         def split(line: str) -> tuple[Speaker, str]:
             for tag, speaker in by_prefix.items():
@@ -102,7 +105,11 @@ class Transcript:
         return cls(card_id=card_id, language=language, greeting=split(lines[0])[1], turns=turns)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        data = asdict(self)
+        for turn in data["turns"]:
+            if turn["prompt_truncated"] is None:  # not measured: the turn reads as the reference records it
+                del turn["prompt_truncated"]
+        return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Transcript:

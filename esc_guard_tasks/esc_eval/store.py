@@ -11,23 +11,44 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from esc_guard_tasks.cache_dir import cache_dir
 from esc_guard_tasks.esc_eval.protocol import Card, Turn, prompts
+from esc_guard_tasks.hub import cache_dir
+from esc_guard_tasks.sqlite_files import SQLiteFile, check_file, open_checked
 
 # Bump when the engine's way of turning a history into a turn changes.
 STORE_FORMAT = 1
 STORE_OFF = "none"
+STORE_FILE = SQLiteFile(
+    what="dialogue store",
+    setting="setting dialogue_store; default dialogues.sqlite in the cache folder $ESC_GUARD_CACHE",
+    fix="Move the file away (a new store is started and the turns are generated again),"
+    " or run without a store: dialogue_store=none",
+    table="turns",
+    columns=("dialogue", "turn", "speaker", "text"),
+    create_sql="CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
+    " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))",
+)
+# Beside a turn, whether its prompt was cut to fit the speaker's context (absent: not measured).
+TRUNCATION_SQL = (
+    "CREATE TABLE IF NOT EXISTS prompt_truncation (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
+    " truncated INTEGER NOT NULL, PRIMARY KEY (dialogue, turn))"
+)
 
 
-def dialogue_key(identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str) -> str:
-    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts."""
+def dialogue_key(
+    identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str, trial: int = 0
+) -> str:
+    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts, trial.
+
+    Trial 0 has the key of a dialogue made before trials existed, so existing stores stay valid."""
     payload = [STORE_FORMAT, prompts(), dict(identity), seed, asdict(card), supporter_system_prompt]
+    if trial:
+        payload.append({"trial": trial})
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
@@ -46,15 +67,9 @@ class DialogueStore(Protocol):
 class SQLiteDialogueStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A long timeout: data-parallel ranks write to the same file.
-        self._db = sqlite3.connect(self.path, timeout=120)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS turns (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
-            " speaker TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (dialogue, turn))"
-        )
-        self._db.commit()
+        self._db = open_checked(self.path, STORE_FILE)
+        with self._db:
+            self._db.execute(TRUNCATION_SQL)
 
     def __repr__(self) -> str:
         return f"dialogue store {self.path}"
@@ -65,11 +80,12 @@ class SQLiteDialogueStore:
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             rows = self._db.execute(
-                f"SELECT dialogue, turn, speaker, text FROM turns WHERE dialogue IN ({','.join('?' * len(chunk))})"
-                " ORDER BY dialogue, turn",
+                "SELECT turns.dialogue, turns.turn, speaker, text, truncated FROM turns LEFT JOIN prompt_truncation"
+                " USING (dialogue, turn)"
+                f" WHERE turns.dialogue IN ({','.join('?' * len(chunk))}) ORDER BY turns.dialogue, turns.turn",
                 chunk,
             ).fetchall()
-            for key, index, speaker, text in rows:
+            for key, index, speaker, text, truncated in rows:
                 turns = found.setdefault(key, [])
                 expected = "seeker" if index % 2 == 0 else "supporter"
                 if index != len(turns) or speaker != expected:
@@ -77,7 +93,7 @@ class SQLiteDialogueStore:
                         f"{self}: dialogue {key[:12]}… has turn {index} ({speaker}) where turn {len(turns)}"
                         f" ({expected}) belongs; delete the file to start afresh"
                     )
-                turns.append(Turn(speaker, text))
+                turns.append(Turn(speaker, text, None if truncated is None else bool(truncated)))
         return found
 
     def save(self, turns: Sequence[tuple[str, int, Turn]]) -> None:
@@ -86,15 +102,32 @@ class SQLiteDialogueStore:
                 "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?)",
                 [(key, index, turn.speaker, turn.text) for key, index, turn in turns],
             )
+            self._db.executemany(
+                "DELETE FROM prompt_truncation WHERE dialogue = ? AND turn = ?", [(k, i) for k, i, _ in turns]
+            )
+            self._db.executemany(
+                "INSERT INTO prompt_truncation VALUES (?, ?, ?)",
+                [(k, i, int(t.prompt_truncated)) for k, i, t in turns if t.prompt_truncated is not None],
+            )
 
     def close(self) -> None:
         self._db.close()
 
 
-def open_store(location: str | None) -> SQLiteDialogueStore | None:
-    """``None``: ``dialogues.sqlite`` in the cache folder; ``"none"``: no persistence; else a file path."""
+def store_path(location: str | None) -> Path | None:
+    """``None``: ``dialogues.sqlite`` in the cache folder; ``"none"``: no persistence (None); else a file path."""
     if location is not None and location.strip().lower() == STORE_OFF:
         return None
-    return SQLiteDialogueStore(
-        Path(location).expanduser() if location and location.strip() else cache_dir() / "dialogues.sqlite"
-    )
+    return Path(location).expanduser() if location and location.strip() else cache_dir() / "dialogues.sqlite"
+
+
+def open_store(location: str | None) -> SQLiteDialogueStore | None:
+    path = store_path(location)
+    return None if path is None else SQLiteDialogueStore(path)
+
+
+def check_store(location: str | None) -> None:
+    """Fail now, before any model loads, if the store file exists and is not a usable dialogue store."""
+    path = store_path(location)
+    if path is not None:
+        check_file(path, STORE_FILE)

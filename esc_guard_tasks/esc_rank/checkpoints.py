@@ -15,28 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.cache_dir import cache_dir
+from esc_guard_tasks.esc_rank.convert.bundle import adapter_dirs
+from esc_guard_tasks.hub import cache_dir, local_folder
 
 
 def cache_root() -> Path:
     return cache_dir() / "esc_rank"
-
-
-def local_folder(name_or_path: str, revision: str | None, what: str) -> Path:
-    """A local folder as is; otherwise a hub snapshot (downloaded once by huggingface_hub)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_path, revision=revision))
-    except Exception as err:  # noqa: BLE001 - offline, gated, missing: all need the same advice
-        raise RuntimeError(
-            f"cannot get the {what} {name_or_path!r} (revision {revision or 'main'}): {type(err).__name__}: {err}. "
-            "Download it on a machine with hub access (huggingface-cli download …) and pass the local folder "
-            "in judge_args."
-        ) from None
 
 
 def model_type(folder: Path) -> str:
@@ -48,10 +32,7 @@ def model_type(folder: Path) -> str:
 
 def adapter_folders(root: Path) -> dict[str, str]:
     """Every adapter below ``root`` by folder name (``fluency``, ``fluency_en``, …)."""
-    found = {p.parent.name: str(p.parent) for p in sorted(root.glob("*/adapter_config.json"))}
-    if not found:
-        raise RuntimeError(f"{root}: no adapter folders (expected <name>/adapter_config.json)")
-    return found
+    return {folder.name: str(folder) for folder in adapter_dirs(root)}
 
 
 def resolve_esc_rank(

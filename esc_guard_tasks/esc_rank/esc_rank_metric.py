@@ -18,7 +18,7 @@ from lm_eval.api.metrics import nanmean
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.settings import ESCSettings
-from esc_guard_tasks.metrics.esc_eval import dimension_scores
+from esc_guard_tasks.metrics.esc_eval import dimension_scores, mean_of_dimensions
 
 _DESCRIPTION = "ESC-Eval's seven dimensions (0-100) scored by ESC-RANK or another configured judge."
 _CITATION = "Zhao et al., ESC-Eval: Evaluating Emotion Support Conversations in Large Language Models, EMNLP 2024."
@@ -28,7 +28,8 @@ Args:
     language: "en" or "zh" (selects the rubric prompts and the adapters).
     judge, judge_backend, judge_args: as the harness keys of the same names.
 Returns:
-    per dimension the mean 0-100 score over dialogues (invalid replies left out), "average",
+    per dimension the mean 0-100 score over dialogues (invalid replies left out), "average" (the mean
+    of the seven dimension means),
     "invalid_rate", and "verdicts": per dialogue, per dimension score / reference_score / raw reply.
 """
 
@@ -54,4 +55,6 @@ class ESCRank(evaluate.Metric):
         verdicts = [verdicts_to_json(v) for v in score_dialogues(get_judge(settings), transcripts, judge)]
         rows = [dimension_scores(v) for v in verdicts]
         summary = {key: float(nanmean([row[key] for row in rows])) for key in (rows[0] if rows else {})}
+        if rows:  # the paper's Average, as the harness prints it: the mean of the seven dimension rows
+            summary["average"] = mean_of_dimensions([row["average"] for row in rows])
         return summary | {"verdicts": verdicts}

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from esc_guard_tasks.esc_eval.protocol import Message
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
 from esc_guard_tasks.harness.lm_eval_api import ChatAPISpeaker, is_chat_api
+from esc_guard_tasks.harness.lm_eval_context import truncated_prompts
+from esc_guard_tasks.hub import naming_the_model
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -77,6 +79,12 @@ class LMEvalChatModel:
             return self.lm.apply_chat_template(messages, add_generation_prompt=True)
         return plain_transcript(messages)
 
+    def prompt_truncation(self, conversations: Sequence[list[Message]]) -> list[bool | None]:
+        """Whether lm-eval will cut each history's prompt to fit this model's context (None: cannot tell)."""
+        if self._api is not None:
+            return [None] * len(conversations)
+        return truncated_prompts(self.lm, [self._context(m) for m in conversations], self.gen_kwargs)
+
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
         from lm_eval.api.instance import Instance
 
@@ -124,7 +132,9 @@ def role_player_lm(settings: ESCSettings, supporter: Any) -> Any:
         from lm_eval.api.registry import get_model
 
         log.info("Loading the role-player: %s (%s)", settings.role_model, settings.role_player_identity()["model"])
-        _ROLE_PLAYERS[key] = get_model(settings.role_model).create_from_arg_obj(args)
+        model = settings.role_player_identity()["model"]
+        with naming_the_model(f"role-player ({settings.role_model})", model, "role_model_args"):
+            _ROLE_PLAYERS[key] = get_model(settings.role_model).create_from_arg_obj(args)
     return _ROLE_PLAYERS[key]
 
 
@@ -156,12 +166,20 @@ class RolePlayerChat:
         self.supporter = supporter
         self._chat: LMEvalChatModel | None = None
 
-    def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
+    def _loaded(self) -> LMEvalChatModel:
         if self._chat is None:
-            seeding = "request" if self.settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+            seeding: Literal["request", "global"] = (
+                "request" if self.settings.role_model in PER_REQUEST_SEED_BACKENDS else "global"
+            )
             lm = role_player_lm(self.settings, self.supporter)
             self._chat = LMEvalChatModel(lm, self.settings.role_gen_kwargs, seeding=seeding)
-        return self._chat.generate(conversations, seeds)
+        return self._chat
+
+    def prompt_truncation(self, conversations: Sequence[list[Message]]) -> list[bool | None]:
+        return self._loaded().prompt_truncation(conversations)
+
+    def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
+        return self._loaded().generate(conversations, seeds)
 
 
 def _device_of(lm: Any) -> str:

@@ -21,7 +21,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
-from esc_guard_tasks.esc_eval.cards import card_from_doc
+from esc_guard_tasks.esc_eval.cards import card_from_doc, trial_of_doc
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import (
@@ -33,9 +33,19 @@ from esc_guard_tasks.esc_eval.protocol import (
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
 from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
+from esc_guard_tasks.harness.lm_eval_context import report_truncation
+from esc_guard_tasks.harness.lm_eval_preflight import check_files
+from esc_guard_tasks.metrics.esc_eval import OverCards, card_clusters, mean_of_dimensions
 
 REQUEST_TYPE = "esc_dialogue"
 log = logging.getLogger("lm_eval.esc_guard_tasks")
+# Written into the results of every llm_rubric run and logged once (numbers: the paper's Table 4, EN/ZH).
+LLM_RUBRIC_NOTE = (
+    "judge=llm_rubric: a general chat model given ESC-RANK's rubric prompts, not the trained ESC-RANK; its scores"
+    " are not comparable with ESC-RANK's (in the paper's judge comparison, Table 4, GPT-4 with these prompts agrees"
+    " exactly with human labels on 32.15/35.98% of verdicts (EN/ZH), ESC-RANK on 70.53/71.27%)"
+)
+_NOTED: set[str] = set()
 
 
 class ESCEvalTask(ConfigurableTask):
@@ -47,6 +57,8 @@ class ESCEvalTask(ConfigurableTask):
         self.settings = ESCSettings.from_sources(self.config.metadata or {}, os.environ)
         # Resolved settings and identities land in the results JSON (configs → metadata).
         self.config.metadata["esc_eval"] = self.settings.describe()
+        if self.settings.judge == "llm_rubric":
+            self.config.metadata["esc_eval"]["judge"]["note"] = LLM_RUBRIC_NOTE
 
     def doc_to_text(self, doc: dict[str, Any], doc_to_text: Any = None) -> str:
         card = card_from_doc(doc)
@@ -55,13 +67,16 @@ class ESCEvalTask(ConfigurableTask):
     def doc_to_target(self, doc: dict[str, Any], doc_to_target: Any = None) -> str:
         return ""  # no reference answer: a judge scores the transcript
 
-    def fewshot_context(self, doc: dict[str, Any], num_fewshot: int, **kwargs: Any) -> str:
-        # The context is assembled turn by turn during the dialogue, not here.
+    def fewshot_context(self, doc: dict[str, Any], num_fewshot: int, *args: Any, **kwargs: Any) -> str:
+        # The context is assembled turn by turn during the dialogue, not here. (lm-eval <= 0.4.11 passes the
+        # template options positionally, later releases by name.)
         return self.doc_to_text(doc)
 
     def build_all_requests(
         self, *, system_instruction: str | None = None, apply_chat_template: bool = False, **kwargs: Any
     ) -> None:
+        # Before any request (the lm_eval CLI checked them before the supporter loaded; the Python API did not).
+        check_files(self.settings, judging="bypass" not in self._metric_fn_list)
         try:
             super().build_all_requests(
                 system_instruction=system_instruction, apply_chat_template=apply_chat_template, **kwargs
@@ -116,6 +131,11 @@ class ESCEvalTask(ConfigurableTask):
         if self.settings.judge == "none" or "bypass" in self._metric_fn_list:
             return
         judge = get_judge(self.settings)
+        if self.settings.judge == "llm_rubric" and "llm_rubric" not in _NOTED:
+            _NOTED.add("llm_rubric")
+            log.warning("ESC-Eval %s", LLM_RUBRIC_NOTE)
+        # what actually judged (resolved weights, dtype, score mode), beside the settings it was built from
+        self.config.metadata["esc_eval"]["judge"]["identity"] = judge.identity()
         for key in self._instances[0].filtered_resps:
             records = [json.loads(instance.filtered_resps[key]) for instance in self._instances]
             transcripts = [Transcript.from_dict(r) for r in records]
@@ -201,7 +221,10 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
         store=store,
         identity=identity,
     )
-    setups = [DialogueSetup(card, supporter["system_prompt"]) for card in cards]
+    setups = [
+        DialogueSetup(card, supporter["system_prompt"], trial_of_doc(r.doc))
+        for card, r in zip(cards, requests, strict=True)
+    ]
     try:
         with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
 
@@ -209,10 +232,12 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
                 bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
                 bar.update(1)
 
-            return engine.run(setups, on_turn)
+            transcripts = engine.run(setups, on_turn)
     finally:
         if store is not None:
             store.close()
+    report_truncation(transcripts, {"seeker": settings.role_model, "supporter": identity["supporter"]["backend"]})
+    return transcripts
 
 
 def install_request_type() -> None:
@@ -221,4 +246,39 @@ def install_request_type() -> None:
         setattr(LM, REQUEST_TYPE, esc_dialogue)
 
 
+def install_average_stderr() -> None:
+    """Give ``average`` (the mean of the seven dimension rows) a bootstrap stderr, and resample cards in
+    multi-trial runs.
+
+    lm-eval bootstraps the stderr only of its own aggregations (``nanmean``, ``median`` …) and prints
+    "N/A" for a task's own; this gives ``mean_of_dimensions`` the same lm-eval ``bootstrap_stderr``
+    (``--bootstrap_iters`` draws) the dimension rows get. When the items carry their card (``trials`` > 1),
+    the same bootstrap of ``nanmean`` and ``mean_of_dimensions`` draws cards with all their trials instead of
+    single dialogues: the trials of a card share the card and the supporter, so they are not independent
+    draws. Every other metric keeps lm-eval's choice.
+    """
+    import lm_eval.evaluator_utils as evaluator_utils
+    from lm_eval.api.metrics import bootstrap_stderr, nanmean
+
+    original = evaluator_utils.stderr_for_metric
+    if getattr(original, "esc_eval_average", False):
+        return
+
+    def stderr_for_metric(metric: Any, bootstrap_iters: int) -> Any:
+        if metric not in (mean_of_dimensions, nanmean) or bootstrap_iters <= 0:
+            return original(metric, bootstrap_iters)
+
+        def stderr(items: Sequence[Any]) -> float:
+            clusters = card_clusters(items)
+            if clusters is None:
+                return bootstrap_stderr(metric, items, iters=bootstrap_iters)
+            return bootstrap_stderr(OverCards(metric), clusters, iters=bootstrap_iters)
+
+        return stderr
+
+    stderr_for_metric.esc_eval_average = True  # type: ignore[attr-defined]
+    evaluator_utils.stderr_for_metric = stderr_for_metric
+
+
 install_request_type()
+install_average_stderr()

@@ -57,6 +57,8 @@ from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
 from tqdm import tqdm
 
+from esc_guard_tasks.hub import naming_the_model
+
 MODEL_ID = "hf_image_text"
 DEFAULT_MAX_NEW_TOKENS = 256
 DTYPES = {
@@ -212,13 +214,14 @@ class HFImageTextModel(lmms):
                 " use a checkpoint that stock transformers loads (AutoModelForImageTextToText)"
             )
         load: dict[str, Any] = {"revision": revision, "trust_remote_code": False}
-        self.processor = AutoProcessor.from_pretrained(pretrained, **load)
         model_load = dict(load, dtype=self.dtype)
         if attn_implementation:
             model_load["attn_implementation"] = attn_implementation
         if device_map:
             model_load["device_map"] = device_map
-        model = AutoModelForImageTextToText.from_pretrained(pretrained, **model_load)
+        with naming_the_model("hf_image_text model", pretrained, "--model_args pretrained"):
+            self.processor = AutoProcessor.from_pretrained(pretrained, **load)
+            model: Any = AutoModelForImageTextToText.from_pretrained(pretrained, **model_load)
         if not device_map:
             model = model.to(self.device)
         self.model = model.eval()

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.cache_dir import cache_dir
+from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest, JudgeStats
+from esc_guard_tasks.sqlite_files import SQLiteFile, check_file, open_checked
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -29,8 +29,24 @@ log = logging.getLogger("lm_eval.esc_guard_tasks")
 DEFAULT_CHUNK = 256
 
 
+CACHE_FILE = SQLiteFile(
+    what="judge cache",
+    setting="judge_cache.sqlite in the cache folder: $ESC_GUARD_CACHE, default ~/.cache/esc_guard_tasks",
+    fix="Move the file away (a new cache is started and the judge is asked again),"
+    " or set ESC_GUARD_CACHE to another folder",
+    table="replies",
+    columns=("key", "reply"),
+    create_sql="CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)",
+)
+
+
 def default_cache_path() -> Path:
     return cache_dir() / "judge_cache.sqlite"
+
+
+def check_cache(path: Path | None = None) -> None:
+    """Fail now, before any model loads, if the judge cache exists and is not usable."""
+    check_file(path or default_cache_path(), CACHE_FILE)
 
 
 def request_key(identity: dict[str, Any], request: JudgeRequest) -> str:
@@ -44,13 +60,8 @@ class CachedJudge:
     def __init__(self, backend: JudgeBackend, path: Path | None = None):
         self.backend = backend
         self.path = path or default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # A long timeout: data-parallel ranks write to the same file.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=120)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
-        self._db.commit()
+        self._db = open_checked(self.path, CACHE_FILE, check_same_thread=False)
         self.stats = JudgeStats()
 
     def identity(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from esc_guard_tasks.hub import naming_the_model
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.judges.tokens import cut_at, label_token_ids, prompt_ids
 
@@ -57,21 +58,24 @@ class HFLoraJudge:
             "max_new_tokens": self.max_new_tokens,
         } | dict(identity or {})
 
-        self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        with naming_the_model("judge tokenizer", pretrained, "judge_args pretrained"):
+            self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
             raise ValueError(f"judge tokenizer at {pretrained} has no chat template")
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype)
+        with naming_the_model("judge model", pretrained, "judge_args pretrained"):
+            model: Any = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype)
         if adapters:
             from peft import PeftModel
 
             names = list(adapters)
-            model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
-            for name in names[1:]:
-                model.load_adapter(adapters[name], adapter_name=name)
+            with naming_the_model("judge adapters", ", ".join(map(str, adapters.values())), "judge_args adapters"):
+                model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
+                for name in names[1:]:
+                    model.load_adapter(adapters[name], adapter_name=name)
         self.model = model.to(self.device).eval()
         self.adapters = set(adapters or {})
         self.eos_ids = sorted(

@@ -274,7 +274,7 @@ class GuardRankDecoder(_BatchedClassifier):
         self.tokenizer.truncation_side = "right"
         self.pad_id = int(self.tokenizer.eos_token_id)
 
-        placement = {"device_map": "auto"} if self.device == "auto" else {}
+        placement: dict[str, Any] = {"device_map": "auto"} if self.device == "auto" else {}
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=self.num_labels, dtype=torch_dtype(dtype), **placement
         )
@@ -326,7 +326,7 @@ class GuardRankDecoder(_BatchedClassifier):
                 "GuardRank adapter_config.json (task_type=%s, modules_to_save=%s) does not make peft restore the "
                 "classification head; loading score.weight from the adapter file directly",
                 config.task_type,
-                config.modules_to_save,
+                getattr(config, "modules_to_save", None),
             )
             fresh = torch.nn.Linear(head.shape[1], head.shape[0], bias=False).to(weight)
             fresh.weight.copy_(head.to(weight))
@@ -455,7 +455,7 @@ def resolve_in_repo(name: str, repo: str, revision: str | None, what: str) -> Pa
         if not path.exists():
             raise GuardRankWeightsError(f"{what}: {path} does not exist")
         return path
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     inside = local_folder(repo, revision, "GuardRank weights") / name
     if not inside.exists():
@@ -473,7 +473,7 @@ def load_decoder(
     **options: Any,
 ) -> GuardRankDecoder:
     """The decoder from hub ids or local folders (``decoder_model`` is a folder inside ``guardrank`` or a path)."""
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     adapter = resolve_in_repo(decoder_model, guardrank, guardrank_revision, "GuardRank decoder adapter")
     base = local_folder(decoder_base, decoder_base_revision, "GuardRank decoder base (LLaMA-2-7B)")
@@ -490,7 +490,7 @@ def load_encoder(
     **options: Any,
 ) -> GuardRankEncoder:
     """The encoder from hub ids or local folders (``encoder_model`` is a file inside ``guardrank`` or a path)."""
-    from esc_guard_tasks.esc_rank.checkpoints import local_folder
+    from esc_guard_tasks.hub import local_folder
 
     weights = resolve_in_repo(encoder_model, guardrank, guardrank_revision, "GuardRank hallucination weights")
     base = local_folder(encoder_base, encoder_base_revision, "GuardRank encoder base (RoBERTa-large)")

@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from esc_guard_tasks.judges.base import JudgeRequest
+from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest
 from esc_guard_tasks.mllmguard.guardrank import (
     DECODER_ADAPTER,
     DECODER_BASE,
@@ -267,14 +267,14 @@ class GuardRankJudge(MLLMGuardJudge):
         repo = str(args.get("guardrank", GUARDRANK_REPO))
         repo_revision = revision("guardrank_revision")
         ref = reference_constants()
-        decoder_args = {
+        decoder_args: dict[str, Any] = {
             "decoder_base": str(args.get("decoder_base", DECODER_BASE)),
             "decoder_base_revision": revision("decoder_base_revision"),
             "guardrank": repo,
             "guardrank_revision": repo_revision,
             "decoder_model": str(args.get("decoder_model", DECODER_ADAPTER)),
         }
-        encoder_args = {
+        encoder_args: dict[str, Any] = {
             "encoder_base": str(args.get("encoder_base", ENCODER_BASE)),
             "encoder_base_revision": revision("encoder_base_revision"),
             "guardrank": repo,
@@ -309,7 +309,10 @@ class GuardRankJudge(MLLMGuardJudge):
         if cache:
             from esc_guard_tasks.judges.cache import CachedJudge
 
-            self._clients = {"decoder": CachedJudge(self.decoder), "encoder": CachedJudge(self.encoder)}
+            self._clients: dict[str, JudgeBackend] = {
+                "decoder": CachedJudge(self.decoder),
+                "encoder": CachedJudge(self.encoder),
+            }
         else:
             self._clients = {"decoder": self.decoder, "encoder": self.encoder}
         self.cache = cache
@@ -474,7 +477,7 @@ class LLMJudge(MLLMGuardJudge):
         if cache:
             from esc_guard_tasks.judges.cache import CachedJudge
 
-            self.client = CachedJudge(self.backend)
+            self.client: JudgeBackend = CachedJudge(self.backend)
         else:
             self.client = self.backend
         self.cache = cache

@@ -35,6 +35,7 @@ from esc_guard_tasks.report.results import (
     ReportInputError,
     Sample,
     esc_dimensions,
+    load_runs,
     nonblank_lines,
     read_samples,
 )
@@ -110,12 +111,13 @@ def pair_up(labels: list[Label], samples: list[Sample]) -> tuple[dict[tuple[str,
     """Pairs per (benchmark, dimension), and what could not be paired (labels without a sample, samples
     without a label)."""
     by_key: dict[tuple[Any, ...], Sample] = {}
+    sample: Sample | None
     for sample in samples:
         if sample.key in by_key:
             raise ReportInputError(f"judged sample {sample.key[1:]} appears twice in the samples given")
         by_key[sample.key] = sample
     pairs: dict[tuple[str, str], Pairs] = {}
-    unmatched_labels = []
+    unmatched_labels: list[Any] = []
     labelled: set[tuple[Any, ...]] = set()
     for label in labels:
         sample = by_key.get(label.key)
@@ -176,14 +178,31 @@ def agreement(pairs: Pairs, seed: int = SEED, resamples: int = RESAMPLES) -> dic
     """Every statistic with its bootstrap interval (items resampled as pairs)."""
     human, judge = np.array(pairs.human), np.array(pairs.judge)
     return {
-        name: bootstrap(len(human), lambda i, f=function: f(human[i], judge[i]), seed=seed, resamples=resamples)
+        name: bootstrap(
+            len(human),
+            lambda i, f=function: f(human[i], judge[i]),  # type: ignore[misc]  # mypy cannot type a defaulted lambda
+            seed=seed,
+            resamples=resamples,
+        )
         for name, function in _statistics(pairs.scale_max).items()
     }
 
 
-def report(label_paths: list[Path], sample_paths: list[Path], seed: int = SEED, resamples: int = RESAMPLES) -> dict:
+def report(
+    label_paths: list[Path],
+    sample_paths: list[Path],
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+    results_paths: list[Path] | None = None,
+    force: bool = False,
+) -> dict:
+    """With ``results_paths`` the judged samples must belong to those runs, as for ``report html``."""
     labels = [label for path in label_paths for label in read_labels(path)]
-    samples = [sample for path in sample_paths for sample in read_samples(path)[1]]
+    if results_paths:
+        runs = load_runs(results_paths, sample_paths, force=force)
+        samples = [sample for run in runs for found in run.samples.values() for sample in found]
+    else:
+        samples = [sample for path in sample_paths for sample in read_samples(path)[1]]
     pairs, unmatched = pair_up(labels, samples)
     rows = []
     for (benchmark, dimension), entry in sorted(pairs.items()):
@@ -229,13 +248,15 @@ def to_markdown(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human", type=Path, nargs="+", required=True, help="label files (JSON Lines, see above)")
     parser.add_argument("--judged", type=Path, nargs="+", required=True, help="logged samples files of our tasks")
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument("--seed", type=int, default=SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    parser.add_argument("--results", type=Path, nargs="+", help="results files the judged samples must belong to")
+    parser.add_argument("--force", action="store_true", help="with --results: use samples that do not match")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = report(args.human, args.judged, args.seed, args.resamples)
+    result = report(args.human, args.judged, args.seed, args.resamples, args.results, args.force)
     print(json.dumps(result, indent=2) if args.json else to_markdown(result), end="\n" if args.json else "")
     return 0

@@ -14,6 +14,7 @@ import argparse
 import base64
 import io
 import math
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -44,6 +45,19 @@ ESC_SCALE = 25.0
 THUMBNAIL = 256
 MAX_SAMPLES = 50
 _LANGUAGE_SUFFIXES = tuple(f"_{lang}" for lang in ESC_LANGUAGES)
+# C0 and C1 controls other than tab and newline; bidirectional marks, embeddings, overrides and isolates.
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(value: Any) -> Any:
+    """Every value the page shows, with control characters as visible escapes (``\\x07``) instead of raw bytes.
+
+    Model output may carry C0/C1 controls (a bell, an escape sequence, a NUL) or bidirectional overrides that
+    reorder what a reader sees; autoescaping leaves them as they are. The escape is plain text, so it is
+    escaped like the rest (also inside attributes)."""
+    if not isinstance(value, str) or not _HIDDEN.search(value):
+        return value
+    return _HIDDEN.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", value)
 
 
 def _png(figure: Any) -> str:
@@ -144,7 +158,7 @@ def guard_estimates(run: Run, name: str, seed: int, resamples: int) -> list[Esti
             continue
         drawn = bootstrap(
             len(units),
-            lambda i, d=dimension, u=units: _guard_value(_resampled(u, i), d, name, scale),
+            lambda i, d=dimension, u=units: _guard_value(_resampled(u, i), d, name, scale),  # type: ignore[misc]
             seed=seed,
             resamples=resamples,
         )
@@ -157,7 +171,7 @@ def _image(path: str | None) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # type: ignore[arg-type]
             image.thumbnail((THUMBNAIL, THUMBNAIL))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="PNG")
@@ -250,7 +264,7 @@ def build_report(
                     ),
                 }
             )
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=visible_controls)
     template = environment.from_string(resources.files(__package__).joinpath("report.html.j2").read_text("utf-8"))
     return template.render(
         runs=runs,
@@ -269,16 +283,22 @@ def build_report(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", help="results files (lm-eval or lmms-eval)")
     parser.add_argument("--samples", type=Path, nargs="*", default=[], help="logged samples files of those runs")
-    parser.add_argument("--output", type=Path, default=Path("esc_guard_report.html"))
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument(
+        "--output", type=Path, default=Path("esc_guard_report.html"), help="page to write (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=SEED, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default %(default)s)")
     parser.add_argument("--max-samples", type=int, default=MAX_SAMPLES, help="samples shown per task and run")
+    parser.add_argument("--force", action="store_true", help="use samples that do not match their results file")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     page = build_report(
-        load_runs(args.results, args.samples), seed=args.seed, resamples=args.resamples, max_samples=args.max_samples
+        load_runs(args.results, args.samples, force=args.force),
+        seed=args.seed,
+        resamples=args.resamples,
+        max_samples=args.max_samples,
     )
     args.output.write_text(page, "utf-8")
     print(args.output)

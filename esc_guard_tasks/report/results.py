@@ -10,10 +10,12 @@ lmms-eval ``<date>_samples_<task>.jsonl`` next to ``<date>_results.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -135,17 +137,19 @@ class Verdict:
 
 @dataclass
 class EscSample:
-    """One judged (or unjudged) ESC-Eval dialogue: identity = (card_id, language)."""
+    """One judged (or unjudged) ESC-Eval dialogue: identity = (card_id, language), plus the trial when the run
+    played each card several times (``trials``; trial 0 keeps the single-trial identity, so runs still pair)."""
 
     task: str
     card_id: int
     language: str
     transcript: Transcript
     verdicts: list[Verdict]
+    trial: int = 0
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return ("esc_eval", self.card_id, self.language)
+        return ("esc_eval", self.card_id, self.language, *((self.trial,) if self.trial else ()))
 
     def score(self, dimension: str) -> int | None:
         return next((v.score for v in self.verdicts if v.dimension == dimension), None)
@@ -172,7 +176,8 @@ def _esc_sample(task: str, line: dict[str, Any]) -> EscSample:
     judged = "verdicts" in record
     transcript = Transcript.from_dict(record["transcript"] if judged else record)
     verdicts = [Verdict(v["dimension"], v["score"], v["raw"]) for v in record.get("verdicts", [])]
-    return EscSample(task, transcript.card_id, transcript.language, transcript, verdicts)
+    trial = int((line.get("doc") or {}).get("trial", 0))
+    return EscSample(task, transcript.card_id, transcript.language, transcript, verdicts, trial)
 
 
 def nonblank_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -212,20 +217,100 @@ def read_samples(path: Path) -> tuple[str, list[Sample]]:
     return task, samples
 
 
-def load_runs(results_paths: list[Path], samples_paths: list[Path] = ()) -> list[Run]:
-    """Results files, each with the samples files of the same run (same folder and date stamp; with one
-    results file, every samples file belongs to it). A samples file matching no results file is an error."""
+def load_runs(results_paths: Sequence[Path], samples_paths: Sequence[Path] = (), *, force: bool = False) -> list[Run]:
+    """Results files, each with the samples files of its run, checked to belong to it (``check_pairing``).
+
+    A samples file belongs to the results file with the same date stamp (the same folder when several have
+    it). A run given twice, or a sample that appears twice in a run, is always refused; a samples file of no
+    given run, or one that does not match its results file, is refused unless ``force`` (then it is used
+    with a warning on stderr, and with one results file an unmatched samples file goes to it)."""
     runs = [Run(Path(p), read_json(Path(p))) for p in results_paths]
+    _refuse_duplicate_runs(runs)
+    seen: dict[tuple[int, tuple[Any, ...]], Path] = {}
     for path in map(Path, samples_paths):
         found = _SAMPLES_NAME.match(path.name)
         stamp = found and (found.group("a") or found.group("b"))
-        owners = [r for r in runs if r.path.parent == path.parent and run_stamp(r.path) == stamp]
-        if not owners and len(runs) == 1:
-            owners = runs
-        if len(owners) != 1:
-            raise ReportInputError(
-                f"{path}: matches no results file given (expected one in the same folder with date stamp {stamp})"
-            )
+        owners = [r for r in runs if run_stamp(r.path) == stamp]
+        if len(owners) > 1:
+            owners = [r for r in owners if r.path.parent == path.parent]
         task, samples = read_samples(path)
-        owners[0].samples.setdefault(task, []).extend(samples)
+        if len(owners) != 1:
+            if not (force and len(runs) == 1):
+                raise ReportInputError(
+                    f"{path}: matches no results file given (expected one with date stamp {stamp}, the same folder"
+                    " when several have it); pass --force to use it with a single results file anyway"
+                )
+            owners = runs
+            _warn(f"{path}: date stamp {stamp} is not that of {runs[0].path}; used anyway (--force)")
+        run = owners[0]
+        problem = pairing_problem(run, task, path)
+        if problem:
+            message = f"{path} does not match its results file {run.path}: {problem}"
+            if not force:
+                raise ReportInputError(f"{message}; pass --force to use it anyway")
+            _warn(f"{message}; used anyway (--force)")
+        for sample in samples:
+            where = (id(run), sample.key)
+            if where in seen:
+                raise ReportInputError(
+                    f"{path}: sample {sample.key[1:]} appears twice in the samples of {run.path}"
+                    f" (also in {seen[where]}); give each run's samples once"
+                )
+            seen[where] = path
+        run.samples.setdefault(task, []).extend(samples)
     return runs
+
+
+def pairing_problem(run: Run, task: str, path: Path) -> str | None:
+    """Why a samples file of ``task`` is not the one the results file ``run`` was written with, or None.
+
+    Both harnesses write, per task, the number of documents (``n-samples``: ``original``, ``effective``) and a
+    hash over every logged sample's ``doc_hash`` (``task_hashes``; lm-eval adds ``prompt_hash`` and
+    ``target_hash``, lmms-eval the sample's position). Checked where present: the task, the sample count, each
+    ``doc_id`` and the hash (which catches another run's documents or prompts and added, dropped or
+    reordered lines; edits to the replies themselves are not hashed by either harness, and lmms-eval gives every
+    MLLMGuard item the same ``doc_hash``, so there the hash pins only the count)."""
+    results = run.results
+    if task not in results.get("results", {}) and task not in results.get("configs", {}):
+        return f"the results have no task {task}"
+    lines = [json.loads(text) for _, text in nonblank_lines(path)]
+    counts = (results.get("n-samples") or {}).get(task) or {}
+    if isinstance(counts.get("effective"), int) and counts["effective"] != len(lines):
+        return f"{len(lines)} samples of {task}, the results were computed on {counts['effective']}"
+    total = counts.get("original")
+    for number, line in enumerate(lines, 1):
+        doc_id = line.get("doc_id")
+        if isinstance(total, int) and not (isinstance(doc_id, int) and 0 <= doc_id < total):
+            return f"line {number}: doc_id {doc_id!r} is not one of the task's {total} documents"
+    expected = (results.get("task_hashes") or {}).get(task)
+    if expected and all(isinstance(line.get("doc_hash"), str) for line in lines):
+        named = _RESULTS_NAME.match(run.path.name)
+        if not named or named.group("a"):  # lm-eval: results_<date>.json
+            parts = [f"{x['doc_hash']}{x.get('prompt_hash', '')}{x.get('target_hash', '')}" for x in lines]
+        else:  # lmms-eval: <date>_results.json
+            parts = [f"sample_{index}{x['doc_hash']}" for index, x in enumerate(lines)]
+        if hashlib.sha256("".join(parts).encode("utf-8")).hexdigest() != expected:
+            return (
+                f"the samples' hash is not task_hashes.{task} of the results (another run's documents or prompts,"
+                " or lines added, dropped or reordered)"
+            )
+    return None
+
+
+def _refuse_duplicate_runs(runs: list[Run]) -> None:
+    """The same results file twice (by path, or a copy: same model, start time and task hashes) is refused."""
+    seen: dict[Any, Path] = {}
+    for run in runs:
+        results = run.results
+        started = results.get("date", results.get("start_time"))
+        keys: list[tuple[Any, ...]] = [("path", run.path.resolve())]
+        if started is not None:
+            keys.append(("run", run.model, str(started), json.dumps(results.get("task_hashes"), sort_keys=True)))
+        for key in keys:
+            if key in seen:
+                raise ReportInputError(f"{run.path}: the same run as {seen[key]} (given twice); give each run once")
+            seen[key] = run.path
+
+
+def _warn(message: str) -> None:
+    print(f"esc-guard: warning: {message}", file=sys.stderr)

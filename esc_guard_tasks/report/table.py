@@ -99,13 +99,32 @@ def leaderboard(
     if "mllmguard" in benchmarks and (rows := mllmguard_rows(runs)):
         tables.append(render(rows, fmt, "MLLMGuard (ASD lower is better, PAR higher is better; x100)"))
     if not tables:
-        raise SystemExit("no ESC-Eval or MLLMGuard rows in the given results files")
+        raise SystemExit("no ESC-Eval or MLLMGuard rows in the given results files" + _why_no_rows(runs))
     return "\n".join(tables)
+
+
+def _why_no_rows(runs: list[Run]) -> str:
+    """The likely reason when a run of our tasks has no scores: it ran without a judge (as ``esc-guard demo`` does)."""
+    unjudged = sorted(
+        {
+            run.label
+            for run in runs
+            for config in run.results.get("configs", {}).values()
+            if ((config.get("metadata") or {}).get("esc_eval") or {}).get("judge", {}).get("judge") == "none"
+        }
+    )
+    if not unjudged:
+        return ""
+    return (
+        f": {', '.join(unjudged)} ran without a judge (judge=none, as `esc-guard demo` does), so there are no scores "
+        "to tabulate. Read the dialogues with `esc-guard report html RESULTS --samples SAMPLES.jsonl`, or score them "
+        "with `esc-guard rescore SAMPLES.jsonl`"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", help="results files (lm-eval or lmms-eval)")
-    parser.add_argument("--format", choices=FORMATS, default="markdown")
+    parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default markdown)")
     parser.add_argument("--benchmark", choices=BENCHMARKS, action="append", help="only these (default: both)")
     parser.add_argument("--paper-reference", action="store_true", help="add the ESC-Eval paper's human-evaluation rows")
     parser.add_argument("--output", type=Path, default=None, help="file to write (default: stdout)")
