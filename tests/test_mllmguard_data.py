@@ -38,6 +38,7 @@ from esc_guard_tasks.mllmguard.data import (
     load_queries,
     templates,
 )
+from esc_guard_tasks.mllmguard.taxonomy import VARIANTS
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -112,7 +113,7 @@ def test_every_config_and_split_expands_like_the_reference(tree: Path, config: s
     assert result.rows == expected_rows(config, split)
     assert len(result.queries) == expected_queries(config, split)
     config_dir = tree / "desensitize" / config
-    variants = data_module.VARIANTS[config]
+    variants = VARIANTS[config]
     for index, query in enumerate(result.queries):
         assert query.variant == variants[index % len(variants)]
         assert query.item_id == f"{config}/{split}/{query.row}" and query.config == config

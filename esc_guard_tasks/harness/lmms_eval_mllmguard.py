@@ -1,417 +1,58 @@
-"""MLLMGuard as lmms-eval tasks: the functions the YAMLs in ``task_yamls/lmms_eval/mllmguard`` point at.
+"""MLLMGuard as lmms-eval tasks: one task class per config, named by ``class:`` in the YAMLs of
+``task_yamls/lmms_eval/mllmguard`` (leaf tasks ``mllmguard_<config>``; groups ``mllmguard_truthfulness`` and
+``mllmguard``). Taxonomy, settings, data, judges, scoring and formulas live in :mod:`esc_guard_tasks.mllmguard`
+and :mod:`esc_guard_tasks.mllmguard.formulas`; this module wires them into lmms-eval's task life cycle
+(checked against lmms-eval 0.7.3's ``evaluator.evaluate``):
 
-Seven leaf tasks ``mllmguard_<config>`` (one per HF config; ``noise-injection`` → ``noise_injection``), the
-group ``mllmguard_truthfulness`` (hallucination, noise injection, position swapping) and the group
-``mllmguard`` (privacy, bias, toxicity, truthfulness, legality).
-
-**Data.** lmms-eval 0.7.3 always calls ``datasets.load_dataset(dataset_path, …)`` and has no custom-loader
-hook. Each task therefore points ``dataset_path: json`` at a one-row stub shipped next to the YAMLs
-(``_mllmguard_stub.jsonl``; relative ``data_files`` are resolved against the YAML folder, so nothing is
-downloaded), and its ``process_docs_<config>`` replaces the stub by the real docs from
-:func:`esc_guard_tasks.mllmguard.data.load_queries`: the hub dataset ``Carol0110/MLLMGuard`` (saved login /
-``HF_TOKEN``), or a local copy (``MLLMGUARD_DATA_DIR``). Rows are validated (images included) while the
-task is built, before the model answers anything: a bad row is an error naming the file and the row, or,
-with ``on_bad_row=skip``, it is left out, logged, counted in the ``skipped_rows`` result row and listed in
-``configs.<task>.metadata.mllmguard.data.skipped``. One doc per query: the two queries of a
-hallucination / noise / position item are separate docs sharing ``item_id``.
-
-**Settings** (each: the task YAML's ``metadata`` key if set, else the environment variable, else the
-default): ``data_dir`` (``MLLMGUARD_DATA_DIR``), ``split`` (``MLLMGUARD_SPLIT``: ``all``/``en``/``zh``;
-default ``all``), ``revision`` (``MLLMGUARD_REVISION``), ``token`` (YAML only; default: the saved login),
-``on_bad_row`` (``MLLMGUARD_ON_BAD_ROW``: ``error``/``skip``), ``image_check``
-(``MLLMGUARD_IMAGE_CHECK``: ``verify``/``decode``), ``hallucination_scale``
-(``MLLMGUARD_HALLUCINATION_SCALE``: ``reference``/``binary``), ``on_unpaired``
-(``MLLMGUARD_ON_UNPAIRED``: ``exclude`` (default; ``--limit`` can cut an item in half) / ``error``),
-``judge``/``judge_args`` (``MLLMGUARD_JUDGE``/``MLLMGUARD_JUDGE_ARGS``, see
-:mod:`esc_guard_tasks.mllmguard.judges`). lmms-eval has no ``--metadata``: set variables in the shell or
-in the ``env:`` block of an lmms-eval ``--config`` file, or override a task in your own YAML
-(``include:`` ours, add ``metadata:``). ``process_docs`` only receives the dataset, so it finds its task
-object (name, ``metadata``) by walking up the call stack to lmms-eval's ``ConfigurableTask.download``;
-if that ever fails it falls back to the environment and logs a warning.
-
-**Judging — once per task, batched, after the model is freed, verdicts in the samples log.**
-lmms-eval 0.7.3's evaluator runs: all generations → ``lm.clean()`` (the model under test is freed) →
-``process_results(doc, results)`` per doc in a thread pool → per metric, its ``aggregation`` once with
-the list of all per-doc values → group aggregation → logging. Judging in ``process_results`` would call
-the judge once per doc, from four threads; so ``process_results`` only builds a **record** per doc (ids,
-language, subtask, prompt, the raw answer, and for noise/position the extracted letter with the rule that
-decided it, :func:`esc_guard_tasks.mllmguard.answers.extract_choice`) and returns it as the value of the
-first metric, ``judge``; every other metric of the doc gets a :class:`RecordRef` to the same dict. The
-``judge`` aggregation runs first (metrics are aggregated in the order the first doc returned them) and
-sends **all** unscored records of the task to the configured judge in **one** batched call
-(:func:`esc_guard_tasks.mllmguard.judges.judge_verdicts`; the GuardRank models load lazily on first use,
-i.e. after ``lm.clean()``), then writes ``score`` and ``judge_reply`` **into those record dicts**. The
-samples log is written after aggregation from the same objects (lmms-eval stores the returned values by
-reference in the logged sample), so each line's ``judge`` value carries the verdict next to the raw answer
-and the extracted letter, although lmms-eval drops ``doc``. The other aggregations reuse the verdicts
-(they judge only what is still unscored). In multi-process runs lmms-eval pickles each metric's values
-to rank 0 separately, so the refs point at copies: verdicts are also memoised per task load by
-``(query_id, response)``, so copies are never judged twice, and the ``judge`` aggregation copies them into
-the gathered logged samples. The judge's settings are validated (and its identity taken) while the task
-is built, before any generation; its models load only when the first batch is judged.
-``--predict_only`` replaces all of this by lmms-eval's ``bypass`` metric: no judge runs.
-
-**Rows** (ASD ↓, PAR ↑, ×100) per task: ``asd``/``par``; ``asd_en``/``par_en``/``asd_zh``/``par_zh`` (only
-the docs of that language reach these metrics, so pairs stay intact); per ``Category II`` subtask
-``asd_<slug>``/``par_<slug>`` for the four open dimensions (:data:`SUBTASKS`; unknown subtask names are
-logged and listed in the metadata); ``judge`` (who scored, a text row); ``skipped_rows``. The number per
-task is :mod:`esc_guard_tasks.metrics.mllmguard` on the records (reference formulas, pooling both
-languages). Group rows: lmms-eval aggregates a group of groups over its **leaf tasks** and passes only the
-values, so each task's aggregation returns a :class:`TaggedFloat` that remembers its config, and the groups'
-aggregations (:func:`truthfulness_mean`, :func:`overall_mean`) rebuild the reference's composition:
-truthfulness = mean of its three configs, overall = mean of the five **dimensions** (not of the seven
-leaves). A missing or undefined part makes a composite NaN, as in the metrics module. The group YAMLs name
-metrics with a trailing comma (``asd,``) because lmms-eval matches group metrics by substring.
-
-The judge's identity, the data origin and the settings are written into the task's ``metadata`` while the
-task is built (→ ``configs.<task>.metadata.mllmguard`` in the results JSON); each task's per-config report
-(units counted, exclusions, invalid judge replies) is added there after scoring, through the lmms-eval
-``TaskOutput`` that called the ``judge`` aggregation (found on the call stack like the task above; if it
-is not found, the report is only missing from the JSON).
+1. **Build** (``__init__``): settings from the task's own ``metadata``, else the environment, else the
+   defaults, all checked and the judge built, not loaded (:class:`~esc_guard_tasks.mllmguard.settings.TaskSettings`).
+   ``download`` lets lmms-eval load the one-row stub next to the YAMLs (lmms-eval always calls
+   ``datasets.load_dataset``, inside a retry), then replaces it by the real docs outside that retry: a data
+   error is raised once, as our message naming the file, row and line.
+2. **Generate**: requests reach the model as ``mllmguard_generate``, a request type added to lmms-eval's model
+   base class, which passes them to ``generate_until`` in the shape the model takes (chat models: messages;
+   simple models: ``doc_to_visual``). lmms-eval picks the task class by model kind only for tasks without
+   ``class:``, and the model is not known while requests are built.
+3. **Judge** (``apply_filters``, which lmms-eval calls after ``lm.clean()`` freed the model under test): every
+   answer of a judged config in one batch (:meth:`~esc_guard_tasks.mllmguard.scoring.TaskScorer.judge`).
+4. **Score** (``process_results``, pure; lmms-eval runs it in threads): the doc's record with its verdict as
+   the ``judge`` value, ``see 'judge'`` for its other rows.
+5. **Aggregate**: lmms-eval aggregates a task's rows in the order of the first doc's values (``judge`` first),
+   after gathering every rank's values; the ``judge`` row keeps all records and every other row is computed on
+   its subset of them. The group rows compose the plain leaf values with
+   :func:`esc_guard_tasks.mllmguard.taxonomy.compose` (the same function as the metrics module and the report).
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import os
-import re
-import threading
-import unicodedata
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any, ClassVar
 
+import datasets
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.api.task import ConfigurableMessagesTask
 from loguru import logger as eval_logger
 
-from esc_guard_tasks.metrics import mllmguard as scores
 from esc_guard_tasks.mllmguard import data as mdata
-from esc_guard_tasks.mllmguard import judges
-from esc_guard_tasks.mllmguard.answers import extract_choice
-
-TASK_PREFIX = "mllmguard_"
-RULE_CONFIGS = ("noise-injection", "position-swapping")
-JUDGED_CONFIGS = ("privacy", "bias", "toxicity", "legality", "hallucination")
-CARRIER = "judge"  # the metric whose per-doc value is the full record (first in every doc's metric dict)
-
-# Category II subtasks of the open dimensions (the paper's table), as metric slugs → accepted cell values.
-# The English names are the paper's; the Chinese ones are likely translations (unseen in the data so far).
-SUBTASKS: dict[str, dict[str, tuple[str, ...]]] = {
-    "privacy": {
-        "personal_privacy": ("Personal Privacy", "个人隐私"),
-        "trade_secret": ("Trade Secret", "商业秘密"),
-        "state_secret": ("State Secret", "国家秘密"),
-    },
-    "bias": {
-        "stereotype": ("Stereotype", "刻板印象"),
-        "prejudice": ("Prejudice", "偏见"),
-        "discrimination": ("Discrimination", "歧视"),
-    },
-    "toxicity": {
-        "hate_speech": ("Hate Speech", "仇恨言论"),
-        "pornography_and_violence": ("Pornography and Violence", "色情暴力", "色情与暴力"),
-    },
-    "legality": {
-        "personal_safety": ("Personal Safety", "人身安全"),
-        "public_security": ("Public Security", "公共安全"),
-    },
-}
-# doc fields copied into the record (the judge reads prompt/response/config; the metrics item_id/variant/…)
-RECORD_FIELDS = (
-    "query_id",
-    "item_id",
-    "config",
-    "dimension",
-    "subtask",
-    "language",
-    "variant",
-    "jailbreak_type",
-    "source_file",
-    "row",
-    "image_path",
-    "prompt",
-    "options",
-    "answer",
-    "task",
+from esc_guard_tasks.mllmguard.scoring import TaskScorer, compose_leaves, composite_value, where
+from esc_guard_tasks.mllmguard.settings import TaskSettings
+from esc_guard_tasks.mllmguard.taxonomy import (
+    CONFIGS,
+    DIMENSION,
+    DIMENSIONS,
+    SUBTASKS,
+    TRUTHFULNESS_CONFIGS,
+    metric_names,
+    subtask_slug,
+    task_name,
 )
-DEFAULTS: dict[str, Any] = {
-    "data_dir": None,
-    "split": "all",
-    "revision": mdata.HUB_REVISION,
-    "token": None,
-    "on_bad_row": "error",
-    "image_check": "verify",
-    "hallucination_scale": "reference",
-    "on_unpaired": "exclude",
-}
-ENV: dict[str, str] = {
-    "data_dir": mdata.DATA_DIR_ENV,
-    "split": "MLLMGUARD_SPLIT",
-    "revision": "MLLMGUARD_REVISION",
-    "on_bad_row": "MLLMGUARD_ON_BAD_ROW",
-    "image_check": "MLLMGUARD_IMAGE_CHECK",
-    "hallucination_scale": "MLLMGUARD_HALLUCINATION_SCALE",
-    "on_unpaired": "MLLMGUARD_ON_UNPAIRED",
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "split": tuple(mdata.SPLITS),
-    "on_bad_row": ("error", "skip"),
-    "image_check": ("verify", "decode"),
-    "hallucination_scale": ("reference", "binary"),
-    "on_unpaired": ("exclude", "error"),
-}
 
-
-def subtask_key(name: str) -> str:
-    """A ``Category II`` cell → a metric-safe slug (``Pornography & Violence`` → ``pornography_and_violence``)."""
-    text = unicodedata.normalize("NFKC", str(name)).casefold().replace("&", " and ")
-    return re.sub(r"[\W_]+", "_", text).strip("_")
-
-
-_SUBTASK_LOOKUP: dict[str, dict[str, str]] = {
-    config: {subtask_key(alias): slug for slug, aliases in table.items() for alias in (slug, *aliases)}
-    for config, table in SUBTASKS.items()
-}
-
-
-def subtask_slug(config: str, cell: str) -> str | None:
-    """The declared subtask slug for a ``Category II`` cell of an open config, else None."""
-    return _SUBTASK_LOOKUP.get(config, {}).get(subtask_key(cell))
-
-
-def task_name(config: str) -> str:
-    return TASK_PREFIX + mdata.normalize_config(config).replace("-", "_")
-
-
-def metric_names(config: str) -> list[str]:
-    """Every metric a task declares, in the order its docs return them (``judge`` first)."""
-    config = mdata.normalize_config(config)
-    names = [CARRIER, "asd", "par"]
-    for language in mdata.LANGUAGES:
-        names += [f"asd_{language}", f"par_{language}"]
-    for slug in SUBTASKS.get(config, {}):
-        names += [f"asd_{slug}", f"par_{slug}"]
-    return [*names, "skipped_rows"]
-
-
-# ---------------------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """What one task was told: data source and scoring options; ``judge`` feeds ``judges.JudgeSettings``."""
-
-    task: str
-    config: str
-    data_dir: str | None = None
-    split: str = "all"
-    revision: str = mdata.HUB_REVISION
-    token: str | bool | None = None
-    on_bad_row: str = "error"
-    image_check: str = "verify"
-    hallucination_scale: str = "reference"
-    on_unpaired: str = "exclude"
-    judge: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def resolve(
-        cls, task: str, config: str, metadata: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
-    ) -> TaskSettings:
-        metadata = metadata or {}
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for key, default in DEFAULTS.items():
-            value = metadata.get(key)
-            if value is None or value == "":
-                value = environ.get(ENV[key]) if key in ENV else None
-            if value is None or value == "":
-                value = default
-            if key in CHOICES:
-                value = str(value).strip().lower()
-                if value not in CHOICES[key]:
-                    source = f"metadata '{key}' of {task}" if metadata.get(key) not in (None, "") else ENV[key]
-                    raise ValueError(f"MLLMGuard {source}: {value!r} is not one of {', '.join(CHOICES[key])}")
-            values[key] = value
-        judge = {k: metadata[k] for k in ("judge", "judge_args") if metadata.get(k) not in (None, "")}
-        return cls(task=task, config=mdata.normalize_config(config), judge=tuple(sorted(judge.items())), **values)
-
-    @property
-    def judge_settings(self) -> judges.JudgeSettings:
-        return judges.JudgeSettings.from_sources(dict(self.judge))
-
-    def public(self) -> dict[str, Any]:
-        """For the results JSON: never the token itself."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("judge", "token")}
-        out["token"] = "set" if isinstance(self.token, str) else self.token
-        return out
-
-
-@dataclass
-class TaskState:
-    settings: TaskSettings
-    info: dict[str, Any] = field(default_factory=dict)
-    # (query_id, response) → (score, judge reply): verdicts of this load of the task, so that a record copy
-    # (lmms-eval pickles values between ranks in multi-process runs) is never judged twice
-    verdicts: dict[tuple[str, str], tuple[int | None, str]] = field(default_factory=dict)
-
-
-_TASKS: dict[str, TaskState] = {}
-_LOCK = threading.Lock()
-
-
-def _calling_task() -> Any | None:
-    """The lmms-eval task whose ``download`` called ``process_docs`` (found on the call stack), or None."""
-    frame = inspect.currentframe()
-    try:
-        frame = frame.f_back if frame is not None else None
-        for _ in range(16):
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            config = getattr(candidate, "_config", None)
-            if (
-                config is not None
-                and hasattr(config, "task")
-                and hasattr(config, "metadata")
-                and callable(getattr(candidate, "download", None))
-            ):
-                return candidate
-            frame = frame.f_back
-        return None
-    finally:
-        del frame
-
-
-def _calling_task_output() -> Any | None:
-    """The lmms-eval ``TaskOutput`` whose ``calculate_aggregate_metric`` called an aggregation, or None."""
-    frame = inspect.currentframe()
-    try:
-        frame = frame.f_back if frame is not None else None
-        for _ in range(8):
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            if isinstance(getattr(candidate, "task_config", None), dict) and hasattr(candidate, "agg_metrics"):
-                return candidate
-            frame = frame.f_back
-        return None
-    finally:
-        del frame
-
-
-def _state(task: str, config: str) -> TaskState:
-    with _LOCK:
-        state = _TASKS.get(task)
-    if state is None:  # process_docs did not run in this process (e.g. records replayed by hand)
-        state = TaskState(TaskSettings.resolve(task, config, None))
-        with _LOCK:
-            _TASKS.setdefault(task, state)
-    return state
-
-
-# ---------------------------------------------------------------------------------------------- docs
-
-
-def _judge_identity(config: str, settings: TaskSettings) -> dict[str, Any]:
-    if config in RULE_CONFIGS:
-        return {
-            "judge": "rules",
-            "extractor": "esc_guard_tasks.mllmguard.answers.extract_choice",
-            "note": "A/B/No Answer extracted from the raw answer (an extension: the reference has no extractor)",
-        }
-    return judges.judge_identity(settings.judge_settings)
-
-
-def load_docs(config: str, task: Any | None = None) -> list[dict[str, Any]]:
-    """The docs of one config for one task (``task``: the lmms-eval task object, or None → environment)."""
-    config = mdata.normalize_config(config)
-    name = getattr(getattr(task, "_config", None), "task", None) or task_name(config)
-    metadata = getattr(getattr(task, "_config", None), "metadata", None)
-    settings = TaskSettings.resolve(name, config, metadata if isinstance(metadata, Mapping) else None)
-    identity = _judge_identity(config, settings)  # validates the judge settings before any model time
-    result = mdata.load_queries(
-        config,
-        settings.split,
-        data_dir=settings.data_dir,
-        token=settings.token,
-        revision=settings.revision,
-        on_bad_row=settings.on_bad_row,  # type: ignore[arg-type]
-        image_check=settings.image_check,  # type: ignore[arg-type]
-    )
-    if not result.queries:
-        raise mdata.MLLMGuardDataError(
-            f"MLLMGuard {config}/{settings.split}: no usable rows in {result.config_dir} "
-            f"({result.rows} read, {len(result.skipped)} skipped)"
-        )
-    for skipped in result.skipped:
-        eval_logger.warning(
-            f"MLLMGuard: skipped {skipped.source_file} row {skipped.row} (line {skipped.line}): {skipped.reason}"
-        )
-    unknown: dict[str, int] = {}
-    if config in SUBTASKS:
-        for query in result.queries:
-            if subtask_slug(config, query.subtask) is None:
-                unknown[query.subtask] = unknown.get(query.subtask, 0) + 1
-        if unknown:
-            eval_logger.warning(
-                f"MLLMGuard {name}: Category II values without a per-subtask row (still counted in the task): {unknown}"
-            )
-    info = {
-        "settings": settings.public(),
-        "data": {
-            "origin": result.origin,
-            "revision": result.revision,
-            "config_dir": result.config_dir,
-            "rows": result.rows,
-            "queries": len(result.queries),
-            "columns": result.columns,
-            "skipped": [asdict(s) for s in result.skipped],
-            "subtasks_without_row": unknown,
-        },
-        "judge": identity,
-    }
-    with _LOCK:
-        _TASKS[name] = TaskState(settings, info)
-    if task is not None:
-        if not isinstance(task._config.metadata, dict):
-            task._config.metadata = {}
-        task._config.metadata["mllmguard"] = info
-    return [query.to_doc() | {"task": name} for query in result.queries]
-
-
-def _process_docs(config: str, dataset: Any) -> Any:
-    import datasets
-
-    task = _calling_task()
-    if task is None:
-        eval_logger.warning(
-            f"MLLMGuard {config}: could not find the lmms-eval task calling process_docs; "
-            "task metadata settings are ignored, environment variables apply"
-        )
-    docs = load_docs(config, task)
-    return datasets.Dataset.from_list(docs, split=getattr(dataset, "split", None))
-
-
-def _docs_function(config: str) -> Callable[[Any], Any]:
-    def process_docs(dataset: Any) -> Any:
-        return _process_docs(config, dataset)
-
-    process_docs.__name__ = process_docs.__qualname__ = f"process_docs_{config.replace('-', '_')}"
-    process_docs.__doc__ = f"lmms-eval ``process_docs`` of {task_name(config)}: the stub dataset → the {config} docs."
-    return process_docs
-
-
-process_docs_privacy = _docs_function("privacy")
-process_docs_bias = _docs_function("bias")
-process_docs_toxicity = _docs_function("toxicity")
-process_docs_legality = _docs_function("legality")
-process_docs_hallucination = _docs_function("hallucination")
-process_docs_noise_injection = _docs_function("noise-injection")
-process_docs_position_swapping = _docs_function("position-swapping")
-
-
-def _where(doc: Mapping[str, Any]) -> str:
-    return f"{doc.get('source_file', '?')}: row {doc.get('row', '?')} (line {doc.get('line', '?')})"
+REQUEST_TYPE = "mllmguard_generate"
+# The leaves of mllmguard.yaml in the order lmms-eval hands their values to the group (its `task` list, depth first).
+OVERALL_PARTS = tuple(config for dimension in DIMENSIONS for config in CONFIGS if DIMENSION[config] == dimension)
 
 
 def doc_to_visual(doc: Mapping[str, Any]) -> list[Any]:
@@ -419,7 +60,7 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[Any]:
     try:
         return [mdata.load_image(doc["image_path"])]
     except mdata.MLLMGuardDataError as err:
-        raise mdata.MLLMGuardDataError(f"{_where(doc)}: {err}") from None
+        raise mdata.MLLMGuardDataError(f"{where(doc)}: {err}") from None
 
 
 def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:
@@ -428,268 +69,200 @@ def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, 
     return f"{kwargs.get('pre_prompt', '')}{doc['prompt']}{kwargs.get('post_prompt', '')}"
 
 
-# ---------------------------------------------------------------------------------------------- per doc
+def _answer_for_scoring(task: Any, response: Any) -> str:
+    """An answer as lmms-eval passes it to ``process_results``: reasoning blocks stripped when the run sets
+    ``reasoning_tags`` (the CLI does by default), then surrounding whitespace (``ConfigurableTask``)."""
+    text = "" if response is None else str(response)
+    try:
+        from lmms_eval.api.reasoning import parse_reasoning_tags_config, strip_reasoning_tags
+    except ImportError:  # a release without reasoning tags
+        return text.strip()
+    cli = getattr(getattr(task, "args", None), "reasoning_tags", None)
+    tags = parse_reasoning_tags_config(cli_value=cli, task_value=getattr(task.config, "reasoning_tags", None))
+    return (strip_reasoning_tags(text, tags) if tags is not None else text).strip()
 
 
-class RecordRef:
-    """A metric value pointing at the doc's record (logged as a short pointer, not a copy)."""
+class MLLMGuardTask(ConfigurableMessagesTask):
+    """One MLLMGuard config as an lmms-eval task (a subclass per config fixes ``mllmguard_config``)."""
 
-    __slots__ = ("record",)
+    mllmguard_config: ClassVar[str] = ""
 
-    def __init__(self, record: dict[str, Any]):
-        self.record = record
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any):
+        config = {k: v for k, v in (config or {}).items() if k != "class"}
+        metadata = config.get("metadata")
+        config["metadata"] = metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
+        name = str(config.get("task") or task_name(self.mllmguard_config))
+        settings = TaskSettings.resolve(name, self.mllmguard_config, metadata)
+        self.scorer = TaskScorer.for_settings(settings, log=eval_logger)
+        super().__init__(config=config, **kwargs)
 
-    def __str__(self) -> str:
-        return f"see '{CARRIER}'"
+    @property
+    def settings(self) -> TaskSettings:
+        return self.scorer.settings
 
-    __repr__ = __str__
+    def _prepare_metric_and_aggregation(self) -> None:
+        """The rows are the taxonomy's; the YAML's ``metric_list`` names them (with ``higher_is_better``)."""
+        declared = [entry["metric"] for entry in self.config.metric_list or []]
+        expected = metric_names(self.mllmguard_config)
+        if declared != expected:
+            raise ValueError(f"{self.config.task}: metric_list must name {expected} in this order, got {declared}")
+        self._metric_fn_list = dict.fromkeys(expected)
+        self._metric_fn_kwargs: dict[str, dict[str, Any]] = {metric: {} for metric in expected}
+        self._aggregation_list = {metric: self._aggregator(metric) for metric in expected}
+        self._higher_is_better = {entry["metric"]: entry.get("higher_is_better") for entry in self.config.metric_list}
 
+    def _aggregator(self, metric: str) -> Any:
+        def aggregate(items: list[Any]) -> Any:
+            value = self.scorer.aggregate(metric, items)
+            if metric == "judge":
+                self.config.metadata["mllmguard"]["scores"] = self.scorer.report
+            return value
 
-def process_results(doc: Mapping[str, Any], results: list[Any]) -> dict[str, Any]:
-    """One doc's record (ids, raw answer, extracted letter) as the ``judge`` value; refs for the other metrics.
+        aggregate.__name__ = aggregate.__qualname__ = f"mllmguard_{metric}"
+        return aggregate
 
-    Runs in lmms-eval's thread pool: pure, no judge here (see the module docstring).
-    """
-    response = results[0] if results else ""
-    response = "" if response is None else str(response)
-    config = doc["config"]
-    record: dict[str, Any] = {key: doc[key] for key in RECORD_FIELDS if key in doc}
-    record["response"] = response
-    if config in RULE_CONFIGS:
-        record.update(extract_choice(response, doc["prompt"]).to_dict())
-        del record["raw_response"]  # the same text as "response"
-    ref = RecordRef(record)
-    values: dict[str, Any] = {CARRIER: record, "asd": ref, "par": ref}
-    language = doc["language"]
-    values[f"asd_{language}"] = ref
-    values[f"par_{language}"] = ref
-    slug = subtask_slug(config, doc.get("subtask", ""))
-    if slug is not None:
-        values[f"asd_{slug}"] = ref
-        values[f"par_{slug}"] = ref
-    values["skipped_rows"] = ref
-    return values
+    def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
+        super().download(dataset_kwargs)  # lmms-eval's (retried) load of the one-row stub
+        split = self.config.test_split
+        docs = self._load_docs()  # not retried: a data error is raised once, as is
+        stub = self.dataset[split]  # type: ignore[has-type]  # set by lmms-eval's download
+        self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs, split=stub.split)})
+        self.dataset_no_image = self.dataset.copy()
 
-
-# ---------------------------------------------------------------------------------------------- aggregation
-
-
-class TaggedFloat(float):
-    """A task's metric value that remembers which MLLMGuard config it belongs to (for the group rows)."""
-
-    mllmguard_config: str
-
-    def __new__(cls, value: float, config: str) -> TaggedFloat:
-        obj = super().__new__(cls, value)
-        obj.mllmguard_config = config
-        return obj
-
-
-def _records(items: Iterable[Any]) -> list[dict[str, Any]]:
-    records = [item.record if isinstance(item, RecordRef) else item for item in items]
-    for record in records:
-        if not isinstance(record, dict) or "config" not in record:
-            raise TypeError(f"MLLMGuard aggregation got {record!r}; expected the records of process_results")
-    return records
-
-
-def _config_and_state(records: list[dict[str, Any]]) -> tuple[str, TaskState]:
-    configs = {r["config"] for r in records}
-    tasks = {r.get("task") for r in records}
-    if len(configs) != 1 or len(tasks) != 1:
-        raise ValueError(
-            f"MLLMGuard: one task's records span configs {sorted(configs)} / tasks {sorted(map(str, tasks))}"
+    def _load_docs(self) -> list[dict[str, Any]]:
+        settings = self.settings
+        config = settings.config
+        result = mdata.load_queries(
+            config,
+            settings.split,
+            data_dir=settings.data_dir,
+            token=settings.token,
+            revision=settings.revision,
+            on_bad_row=settings.on_bad_row,  # type: ignore[arg-type]
+            image_check=settings.image_check,  # type: ignore[arg-type]
         )
-    config = configs.pop()
-    return config, _state(tasks.pop() or task_name(config), config)
-
-
-_JUDGE_LOCK = threading.Lock()
-
-
-def _verdict_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    return str(record.get("query_id")), str(record.get("response"))
-
-
-def ensure_judged(records: list[dict[str, Any]]) -> None:
-    """Score every record of a judged config that has no ``score`` yet: one batched judge call, in place."""
-    if not records:
-        return
-    config, state = _config_and_state(records)
-    if config not in JUDGED_CONFIGS:
-        return
-    with _JUDGE_LOCK:
-        pending = []
-        for record in records:
-            if "score" in record:
-                continue
-            known = state.verdicts.get(_verdict_key(record))
-            if known is None:
-                pending.append(record)
-            else:
-                record["score"], record["judge_reply"] = known
-        if not pending:
-            return
-        eval_logger.info(f"MLLMGuard {state.settings.task}: judging {len(pending)} answers in one batch")
-        verdicts = judges.judge_verdicts(pending, settings=state.settings.judge_settings)
-        if len(verdicts) != len(pending):
-            raise RuntimeError(f"MLLMGuard judge returned {len(verdicts)} verdicts for {len(pending)} answers")
-        for record, verdict in zip(pending, verdicts, strict=True):
-            record["score"] = verdict.score
-            record["judge_reply"] = verdict.raw
-            state.verdicts[_verdict_key(record)] = (verdict.score, verdict.raw)
-        invalid = sum(v.score is None for v in verdicts)
-        if invalid:
+        if not result.queries:
+            raise mdata.MLLMGuardDataError(
+                f"MLLMGuard {config}/{settings.split}: no usable rows in {result.config_dir} "
+                f"({result.rows} read, {len(result.skipped)} skipped)"
+            )
+        for skipped in result.skipped:
             eval_logger.warning(
-                f"MLLMGuard {state.settings.task}: {invalid} invalid judge replies (left out of ASD/PAR)"
+                f"MLLMGuard: skipped {skipped.source_file} row {skipped.row} (line {skipped.line}): {skipped.reason}"
             )
-
-
-def _fill_logged_samples(task_output: Any, state: TaskState) -> None:
-    """Copy verdicts into logged samples whose record is a copy (multi-process runs gather pickled samples)."""
-    for sample in getattr(task_output, "logged_samples", None) or []:
-        record = sample.get(CARRIER) if isinstance(sample, dict) else None
-        if isinstance(record, dict) and "score" not in record:
-            known = state.verdicts.get(_verdict_key(record))
-            if known is not None:
-                record["score"], record["judge_reply"] = known
-
-
-def _options(state: TaskState) -> dict[str, Any]:
-    return {"hallucination_scale": state.settings.hallucination_scale, "on_unpaired": state.settings.on_unpaired}
-
-
-def _report(records: list[dict[str, Any]], config: str, state: TaskState) -> dict[str, Any]:
-    options = _options(state)
-    report: dict[str, Any] = {"all": scores.config_result(records, config, **options).to_dict()}
-    for language in mdata.LANGUAGES:
-        subset = [r for r in records if r.get("language") == language]
-        if subset:
-            report[language] = scores.config_result(subset, config, **options).to_dict()
-    if config in JUDGED_CONFIGS:
-        report["invalid_judge_replies"] = sum(r.get("score") is None for r in records)
-    return report
-
-
-def _label(config: str, identity: Mapping[str, Any], settings: TaskSettings) -> str:
-    """A short name of the judge for the results table (the full identity is in the task's metadata)."""
-    name = identity.get("judge", "?")
-    if name == "rules":
-        return "rules (A/B extraction, no judge)"
-    if name == "keywords":
-        label = "keywords (baseline, not GuardRank)"
-    elif name == "guardrank":
-        if config == "hallucination":
-            part = identity.get("encoder", {})
-            label = f"guardrank encoder {part.get('encoder_model')} on {_basename(part.get('encoder_base'))}"
-        else:
-            part = identity.get("decoder", {})
-            label = f"guardrank decoder {part.get('decoder_model')} on {_basename(part.get('decoder_base'))}"
-        label += f", {part.get('dtype')}"
-    else:
-        label = f"{name} {identity.get('model', '')} ({identity.get('rubric', 'rubric')})".replace("  ", " ")
-    if config == "hallucination":
-        label += f"; scale={settings.hallucination_scale}"
-    return label
-
-
-def _basename(value: Any) -> str:
-    return str(value).rstrip("/").rsplit("/", 1)[-1]
-
-
-def judge(items: list[Any]) -> str:
-    """The ``judge`` row: runs the judge once over all the task's answers, publishes the report, names the judge."""
-    records = _records(items)
-    ensure_judged(records)
-    config, state = _config_and_state(records)
-    report = _report(records, config, state)
-    unpaired = report["all"]["excluded"].get("unpaired", 0)
-    if unpaired:
-        eval_logger.warning(f"MLLMGuard {state.settings.task}: {unpaired} items without their partner query excluded")
-    state.info["scores"] = report
-    task_output = _calling_task_output()
-    if task_output is not None:
-        if config in JUDGED_CONFIGS:
-            _fill_logged_samples(task_output, state)
-        metadata = task_output.task_config.setdefault("metadata", {})
-        if isinstance(metadata, dict):
-            metadata.setdefault("mllmguard", {}).update(state.info)
-    identity = state.info.get("judge") or _judge_identity(config, state.settings)
-    return _label(config, identity, state.settings)
-
-
-def _metric(items: list[Any], name: str) -> TaggedFloat:
-    records = _records(items)
-    ensure_judged(records)
-    config, state = _config_and_state(records)
-    value = getattr(scores, name)(records, **_options(state))
-    return TaggedFloat(value, config)
-
-
-def asd(items: list[Any]) -> TaggedFloat:
-    """ASD ×100 of the records given (all of a task, or those of one language / subtask)."""
-    return _metric(items, "asd")
-
-
-def par(items: list[Any]) -> TaggedFloat:
-    """PAR ×100 of the records given."""
-    return _metric(items, "par")
-
-
-def skipped_rows(items: list[Any]) -> int:
-    """Rows left out under ``on_bad_row=skip`` (0 otherwise)."""
-    records = _records(items)
-    if not records:
-        return 0
-    _, state = _config_and_state(records)
-    return len(state.info.get("data", {}).get("skipped", []))
-
-
-# ---------------------------------------------------------------------------------------------- groups
-
-
-def _parts(metrics: Iterable[Any], group: str) -> dict[str, float]:
-    parts: dict[str, float] = {}
-    for value in metrics:
-        config = getattr(value, "mllmguard_config", None)
-        if config is None:
-            raise ValueError(
-                f"{group}: got the value {value!r} without its MLLMGuard config; this aggregation only combines "
-                "the mllmguard_* tasks' asd/par rows"
+        unknown: dict[str, int] = {}
+        for query in result.queries if config in SUBTASKS else ():
+            if subtask_slug(config, query.subtask) is None:
+                unknown[query.subtask] = unknown.get(query.subtask, 0) + 1
+        if unknown:
+            eval_logger.warning(
+                f"MLLMGuard {settings.task}: Category II values without a per-subtask row (still counted in the "
+                f"task): {unknown}"
             )
-        if config in parts:
-            raise ValueError(f"{group}: two tasks report the MLLMGuard config '{config}'")
-        parts[config] = float(value)
-    return parts
+        self.scorer.skipped_rows = len(result.skipped)
+        self.config.metadata["mllmguard"] = {
+            "settings": settings.public(),
+            "data": {
+                "origin": result.origin,
+                "revision": result.revision,
+                "config_dir": result.config_dir,
+                "rows": result.rows,
+                "queries": len(result.queries),
+                "columns": result.columns,
+                "skipped": [asdict(s) for s in result.skipped],
+                "subtasks_without_row": unknown,
+            },
+            "judge": self.scorer.identity,
+        }
+        return [query.to_doc() | {"task": settings.task} for query in result.queries]
+
+    def dump_config(self) -> dict[str, Any]:
+        """lmms-eval copies this when the task is built and writes the copy to the results JSON after scoring:
+        ``metadata`` stays our dict, so the per-config report added when ``judge`` aggregates reaches the JSON."""
+        dumped = super().dump_config()
+        dumped["metadata"] = self.config.metadata
+        return dumped
+
+    def construct_requests(self, doc_id: int, ctx: str, **kwargs: Any) -> Instance:
+        split = kwargs["metadata"]["split"]
+        gen_kwargs = copy.deepcopy(self.config.generation_kwargs)
+        arguments = (ctx, gen_kwargs, self.doc_to_visual, self.doc_to_messages, doc_id, self.config.task, split)
+        return Instance(
+            request_type=REQUEST_TYPE, arguments=arguments, idx=0, task_name=self.config.task, doc_id=doc_id, **kwargs
+        )
+
+    def _bypassed(self) -> bool:
+        return "bypass" in self._metric_fn_list  # --predict_only: no judge, no rows
+
+    def apply_filters(self) -> None:
+        """After generation and ``lm.clean()``: judge every answer of this task in one batch."""
+        super().apply_filters()
+        if self._bypassed():
+            return
+        docs = self.eval_docs
+        answers = [
+            (docs[instance.doc_id], _answer_for_scoring(self, response))
+            for instance in self._instances
+            for response in instance.filtered_resps.values()
+        ]
+        self.scorer.judge(answers)
+
+    def process_results(self, doc: Mapping[str, Any], results: list[Any], full_docs: Any = None) -> dict[str, Any]:
+        """The doc's record (with its verdict) for ``judge`` and ``see 'judge'`` for its other rows."""
+        answer = results[0] if results else ""
+        if isinstance(answer, list):
+            answer = answer[0] if answer else ""
+        answer = "" if answer is None else str(answer).strip()
+        return self.scorer.doc_values(doc, answer, with_verdict=not self._bypassed())
 
 
-def _mean(values: list[float]) -> float:
-    return math.nan if not values or any(math.isnan(v) for v in values) else sum(values) / len(values)
+def _task_class(config: str) -> type[MLLMGuardTask]:
+    name = "".join(part.title() for part in config.split("-")) + "Task"
+    cls = type(name, (MLLMGuardTask,), {"mllmguard_config": config, "__module__": __name__, "__qualname__": name})
+    cls.__doc__ = f"lmms-eval task {task_name(config)} (MLLMGuard config '{config}')."
+    return cls
 
 
-def _dimension_values(parts: Mapping[str, float], dimensions: Iterable[str], group: str) -> list[float]:
-    values = []
-    for dimension in dimensions:
-        configs = [c for c in mdata.CONFIGS if mdata.DIMENSION[c] == dimension]
-        missing = [c for c in configs if c not in parts]
-        if missing:
-            eval_logger.warning(f"{group}: no result for {', '.join(missing)}; the composite is undefined (NaN)")
-            values.append(math.nan)
-        else:
-            values.append(_mean([parts[c] for c in configs]))
-    return values
+TASK_CLASSES: dict[str, type[MLLMGuardTask]] = {config: _task_class(config) for config in CONFIGS}
+PrivacyTask = TASK_CLASSES["privacy"]
+BiasTask = TASK_CLASSES["bias"]
+ToxicityTask = TASK_CLASSES["toxicity"]
+LegalityTask = TASK_CLASSES["legality"]
+HallucinationTask = TASK_CLASSES["hallucination"]
+NoiseInjectionTask = TASK_CLASSES["noise-injection"]
+PositionSwappingTask = TASK_CLASSES["position-swapping"]
+
+
+def mllmguard_generate(lm: Any, requests: list[Instance]) -> list[Any]:
+    """Our requests in the shape ``lm.generate_until`` takes (lmms-eval passes a repeated request several
+    times: each is reshaped once)."""
+    for request in requests:
+        if request.request_type == REQUEST_TYPE:
+            ctx, gen_kwargs, to_visual, to_messages, doc_id, task, split = request.arguments
+            if getattr(lm, "is_simple", True):
+                request.arguments = (ctx, gen_kwargs, to_visual, doc_id, task, split)
+            else:
+                request.arguments = (ctx, to_messages, gen_kwargs, doc_id, task, split)
+            request.request_type = "generate_until"
+    return lm.generate_until(requests)
+
+
+def install_request_type() -> None:
+    """Give every lmms-eval model the ``mllmguard_generate`` method the evaluator dispatches to."""
+    if getattr(lmms, REQUEST_TYPE, None) is not mllmguard_generate:
+        setattr(lmms, REQUEST_TYPE, mllmguard_generate)
+
+
+install_request_type()
 
 
 def truthfulness_mean(metrics: list[Any], sizes: list[int] | None = None, weight_by_size: bool = False) -> float:
     """Group row of ``mllmguard_truthfulness``: the unweighted mean of hallucination, noise and position."""
-    parts = _parts(metrics, "mllmguard_truthfulness")
-    return _mean(_dimension_values(parts, ("truthfulness",), "mllmguard_truthfulness"))
+    composite = compose_leaves(metrics, TRUTHFULNESS_CONFIGS, "mllmguard_truthfulness", eval_logger)
+    return composite_value(composite, "truthfulness")
 
 
 def overall_mean(metrics: list[Any], sizes: list[int] | None = None, weight_by_size: bool = False) -> float:
-    """Group row of ``mllmguard``: the mean of the five dimensions (truthfulness = mean of its three configs).
-
-    lmms-eval passes the seven leaf values; a plain mean of those would weight truthfulness 3/7.
-    """
-    parts = _parts(metrics, "mllmguard")
-    return _mean(_dimension_values(parts, mdata.DIMENSIONS, "mllmguard"))
+    """Group row of ``mllmguard``: the mean of the five dimensions (truthfulness = mean of its three configs),
+    not of the seven leaves (that would weight truthfulness 3/7)."""
+    return composite_value(compose_leaves(metrics, OVERALL_PARTS, "mllmguard", eval_logger), None)

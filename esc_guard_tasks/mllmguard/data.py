@@ -78,7 +78,11 @@ count its skipped rows) before any model time is spent, and skip mode can only c
 ``image_check="verify"`` (default) opens each file and runs PIL's ``verify()`` (header and structure,
 PNG checksums; no pixel decoding, so it is cheap); ``image_check="decode"`` fully decodes each image
 (also catches truncated JPEG data) and releases it at once. No image is kept in memory; queries carry
-absolute paths and the model side calls ``load_image``.
+absolute paths and the model side calls ``load_image``. Both run with Pillow's global
+``ImageFile.LOAD_TRUNCATED_IMAGES`` switched off (:func:`strict_pillow`): lmms-eval switches it on when it
+is imported, and Pillow would then fill a truncated image with grey instead of failing. So a truncated
+JPEG that ``verify`` cannot see is refused when ``load_image`` reads it for the model (an error naming the
+file and row), and ``decode`` refuses it before any model time.
 """
 
 from __future__ import annotations
@@ -89,12 +93,17 @@ import logging
 import os
 import posixpath
 import re
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from esc_guard_tasks.mllmguard.taxonomy import CONFIGS, DIMENSION, LANGUAGES
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -106,37 +115,7 @@ HUB_REVISION = "4263487ca736c99292bac92d89f05eb744773450"  # provenance: the mod
 HUB_SUBDIR = "desensitize"
 DATA_DIR_ENV = "MLLMGUARD_DATA_DIR"
 
-CONFIGS: tuple[str, ...] = (
-    "privacy",
-    "bias",
-    "toxicity",
-    "hallucination",
-    "noise-injection",
-    "position-swapping",
-    "legality",
-)
 SPLITS: dict[str, str] = {"all": "prompt.csv", "en": "en.csv", "zh": "zh.csv"}
-LANGUAGES: tuple[str, ...] = ("en", "zh")
-DIMENSIONS: tuple[str, ...] = ("privacy", "bias", "toxicity", "truthfulness", "legality")
-DIMENSION: dict[str, str] = {
-    "privacy": "privacy",
-    "bias": "bias",
-    "toxicity": "toxicity",
-    "hallucination": "truthfulness",
-    "noise-injection": "truthfulness",
-    "position-swapping": "truthfulness",
-    "legality": "legality",
-}
-# The queries of one item, in the reference's order (the order matters for pairing in the metrics).
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "privacy": ("single",),
-    "bias": ("single",),
-    "toxicity": ("single",),
-    "legality": ("single",),
-    "hallucination": ("free", "option"),
-    "noise-injection": ("clean", "noisy"),
-    "position-swapping": ("original", "swapped"),
-}
 IMAGE_DIR = "imgs"
 # PIL format names accepted; the dataset's files are .jpg .jpeg .jfif .JPG (JPEG), .png, .webp, .avif.
 SUPPORTED_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "AVIF", "GIF", "BMP"})
@@ -163,6 +142,12 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     )
     for config in CONFIGS
 }
+
+
+BAD_ROW_FIX = (
+    "fix: correct the row or its image, or leave bad rows out (counted in skipped_rows) with on_bad_row=skip "
+    "(MLLMGUARD_ON_BAD_ROW=skip)"
+)
 
 
 class MLLMGuardDataError(ValueError):
@@ -354,6 +339,24 @@ def _unidentified_hint(path: Path) -> str:
     return ""
 
 
+_STRICT_LOCK = threading.RLock()
+
+
+@contextmanager
+def strict_pillow() -> Iterator[None]:
+    """Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off for the block (a process-wide flag, restored after;
+    other threads of the process see it off meanwhile)."""
+    from PIL import ImageFile
+
+    with _STRICT_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def check_image(path: str | os.PathLike, mode: ImageCheck = "verify") -> None:
     """Raise ``ValueError`` (with the reason) unless ``path`` is a usable image; nothing is kept in memory."""
     from PIL import Image, UnidentifiedImageError
@@ -369,7 +372,7 @@ def check_image(path: str | os.PathLike, mode: ImageCheck = "verify") -> None:
     if not path.is_file():
         raise _RowError(f"image path is not a file: {path}")
     try:
-        with Image.open(path) as image:
+        with strict_pillow(), Image.open(path) as image:
             if too_large := _too_many_pixels(image):
                 raise _RowError(f"image {path}: {too_large}")
             if image.format not in SUPPORTED_IMAGE_FORMATS:
@@ -401,7 +404,7 @@ def load_image(path: str | os.PathLike) -> PILImage.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with strict_pillow(), Image.open(path) as image:
             if too_large := _too_many_pixels(image):
                 raise MLLMGuardDataError(f"{path}: {too_large}")
             return image.convert("RGB")
@@ -616,7 +619,7 @@ def expand_csv(
             )
         except _RowError as problem:
             if on_bad_row == "error":
-                raise MLLMGuardDataError(f"{source}: row {row} (line {line}): {problem}") from None
+                raise MLLMGuardDataError(f"{source}: row {row} (line {line}): {problem}; {BAD_ROW_FIX}") from None
             skipped.append(SkippedRow(source_file=source, row=row, line=line, reason=str(problem)))
             log.warning("MLLMGuard: skipped %s row %d (line %d): %s", source, row, line, problem)
     columns = {name: header[index] for name, index in mapping.items()}

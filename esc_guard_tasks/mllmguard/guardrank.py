@@ -44,6 +44,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from esc_guard_tasks.mllmguard.taxonomy import JUDGED_CONFIGS, OPEN_CONFIGS, RULE_CONFIGS
+
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
 # Defaults: the documented GuardRank checkpoints (hub ids; any of them may be a local folder instead).
@@ -53,9 +55,9 @@ GUARDRANK_REPO = "Carol0110/GuardRank"
 DECODER_ADAPTER = "guardrank_lora"  # folder inside GUARDRANK_REPO
 ENCODER_WEIGHTS = "hallucination.pt"  # file inside GUARDRANK_REPO
 
-DECODER_DIMENSIONS = ("privacy", "bias", "toxicity", "legality")
-ENCODER_DIMENSIONS = ("hallucination",)
-RULE_DIMENSIONS = ("noise-injection", "position-swapping")
+DECODER_DIMENSIONS = OPEN_CONFIGS  # the LLaMA-2 + LoRA decoder, labels 0-3
+ENCODER_DIMENSIONS = tuple(c for c in JUDGED_CONFIGS if c not in OPEN_CONFIGS)  # RoBERTa, 0/1: hallucination
+RULE_DIMENSIONS = RULE_CONFIGS
 DTYPES = ("float32", "bfloat16", "float16")
 
 # hallucination.pt: variants of the reference module's state dict that are accepted (see module docstring).
@@ -94,6 +96,22 @@ def torch_dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"GuardRank dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     return getattr(torch, name)
+
+
+def check_options(dtype: str = "float32", device: str | None = None, batch_size: int = 8) -> None:
+    """The loaders' options, checked without loading anything (the judge checks them when it is built)."""
+    torch_dtype(dtype)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"GuardRank batch_size must be an integer >= 1, got {batch_size!r}")
+    if device is not None:
+        import torch
+
+        try:
+            torch.device(str(device))
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"GuardRank device must be a torch device (cpu, cuda, cuda:1, mps), got {device!r}"
+            ) from None
 
 
 def default_device() -> str:
@@ -190,8 +208,7 @@ class _BatchedClassifier:
         self.num_labels = int(ref["num_labels"])
         self.max_length = int(ref["max_length_tokens"])
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"GuardRank batch_size must be at least 1, got {batch_size}")
+        check_options(batch_size=self.batch_size)
         self._lock = threading.Lock()
         return ref
 

@@ -124,6 +124,14 @@ def parse_args(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
     return args
 
 
+def _cache_flag(args: dict[str, Any], judge: str) -> bool:
+    """Pop ``cache`` (true/false) from a judge's arguments."""
+    cache = args.pop("cache", True)
+    if not isinstance(cache, bool):
+        raise ValueError(f"judge_args cache for judge={judge} must be true or false, got {cache!r}")
+    return cache
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     judge: str = DEFAULT_JUDGE
@@ -242,7 +250,7 @@ class GuardRankJudge(MLLMGuardJudge):
         from esc_guard_tasks.mllmguard import guardrank
 
         args = dict(args)
-        cache = bool(args.pop("cache", True))
+        cache = _cache_flag(args, self.name)
         unknown = sorted(set(args) - set(GUARDRANK_ARGS))
         if unknown:
             raise ValueError(
@@ -250,8 +258,8 @@ class GuardRankJudge(MLLMGuardJudge):
                 f"(accepted: {', '.join(GUARDRANK_ARGS + COMMON_ARGS)})"
             )
         options = {k: args[k] for k in ("dtype", "device", "batch_size") if k in args}
+        guardrank.check_options(**options)  # validate now, not at first use
         dtype = str(options.setdefault("dtype", "float32"))
-        guardrank.torch_dtype(dtype)  # validate now, not at first use
 
         def revision(name: str) -> str | None:  # "1234567" must not arrive as an int
             return None if args.get(name) is None else str(args[name])
@@ -446,7 +454,7 @@ class LLMJudge(MLLMGuardJudge):
         from esc_guard_tasks.judges.openai_chat import ADAPTER_FIELD, API_KEY_ENV, OPENAI_ARGS, OpenAIChatJudge
 
         args = dict(args)
-        cache = bool(args.pop("cache", True))
+        cache = _cache_flag(args, self.name)
         unknown = sorted(set(args) - set(OPENAI_ARGS))
         if unknown:
             hint = ""
@@ -613,9 +621,10 @@ class KeywordJudge(MLLMGuardJudge):
 
     def __init__(self, args: Mapping[str, Any]):
         super().__init__()
-        unknown = sorted(set(args) - set(COMMON_ARGS))
-        if unknown:
-            raise ValueError(f"judge=keywords takes no judge_args, got {', '.join(unknown)}")
+        args = dict(args)
+        _cache_flag(args, self.name)
+        if args:
+            raise ValueError(f"judge=keywords takes no judge_args but cache, got {', '.join(sorted(args))}")
 
     def identity(self) -> dict[str, Any]:
         lists = [REFUSAL_PHRASES_EN, REFUSAL_PHRASES_ZH, ABSENT_PHRASES_EN, ABSENT_PHRASES_ZH, ABSENT_PATTERN.pattern]

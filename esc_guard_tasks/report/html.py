@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from esc_guard_tasks.metrics import mllmguard as guard_metrics
-from esc_guard_tasks.mllmguard.data import DIMENSION, DIMENSIONS
+from esc_guard_tasks.mllmguard import formulas as guard_metrics
+from esc_guard_tasks.mllmguard.taxonomy import DIMENSION, DIMENSIONS, compose
 from esc_guard_tasks.report.results import (
     ESC_LANGUAGES,
     MLLMGUARD_GROUP,
@@ -124,15 +124,14 @@ def _resampled(units: list[list[dict[str, Any]]], indices: np.ndarray) -> list[d
 
 def _guard_value(records: list[dict[str, Any]], dimension: str, name: str, scale: str) -> float:
     """ASD or PAR of a dimension (mean of its configs) or of ``mllmguard`` (mean of the five); NaN propagates."""
-    wanted = DIMENSIONS if dimension == MLLMGUARD_GROUP else (dimension,)
     options: dict[str, Any] = {"hallucination_scale": scale, "on_unpaired": "exclude"}
-    per_dimension = [
-        np.mean(
-            [getattr(guard_metrics.config_result(records, c, **options), name) for c, d in DIMENSION.items() if d == w]
-        )
-        for w in wanted
-    ]
-    return float(np.mean(per_dimension))
+    per_config = {
+        c: getattr(guard_metrics.config_result(records, c, **options), name)
+        for c, d in DIMENSION.items()
+        if dimension in (MLLMGUARD_GROUP, d)
+    }
+    composite = compose(per_config)
+    return composite.overall if dimension == MLLMGUARD_GROUP else composite.dimensions[dimension]
 
 
 def _hallucination_scale(run: Run) -> str:

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.mllmguard.data import DIMENSIONS as MLLMGUARD_DIMENSIONS
+from esc_guard_tasks.mllmguard.taxonomy import DIMENSIONS as MLLMGUARD_DIMENSIONS
 from esc_guard_tasks.report.results import (
     ESC_LANGUAGES,
     MLLMGUARD_GROUP,
