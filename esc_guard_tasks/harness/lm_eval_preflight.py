@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from esc_guard_tasks.esc_eval.cards import load_cards
-from esc_guard_tasks.esc_eval.protocol import LANGUAGES
+from esc_guard_tasks.esc_eval.protocol import LANGUAGES, Language
 from esc_guard_tasks.esc_eval.settings import ESCSettings, unknown_key_warnings
 from esc_guard_tasks.esc_eval.store import check_store
 from esc_guard_tasks.judges.cache import check_cache
@@ -56,11 +56,11 @@ def preflight(
 def check_cards(tasks: Iterable[Any], settings: ESCSettings) -> None:
     """Read and validate the role cards of every ESC-Eval task asked for (the task reads them again when built,
     from the same files or the ``datasets`` download cache), so a bad card fails before the supporter loads."""
-    wanted: set[tuple[str, str]] = set()
+    wanted: set[tuple[Language, str]] = set()
     for task in tasks:
         found = TASK_NAME.fullmatch(task) if isinstance(task, str) else None
         if found:
-            languages = [found["language"]] if found["language"] else LANGUAGES
+            languages = [language for language in LANGUAGES if found["language"] in (None, language)]
             wanted |= {(language, "demo" if found["demo"] else "high") for language in languages}
     for language, card_set in sorted(wanted):
         load_cards(language, card_set, settings.data_dir)
