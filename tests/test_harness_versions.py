@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness_runs import tiny_args
 
 from esc_guard_tasks.autoload import task_dir
 
@@ -82,34 +83,11 @@ def test_tiny_esc_eval_run_through_the_cli(tiny_model: Path, tmp_path: Path):
     """``lm_eval --tasks esc_eval_demo`` (the group of both languages) with a tiny supporter, role-player and
     rubric judge: the ``--metadata`` settings reach the task classes (rounds, judge, role-player), every
     dialogue has the turns asked for, and the judged rows land in the results file for tasks and group."""
-    metadata = {
-        "role_model": "hf",
-        "role_model_args": f"pretrained={tiny_model}",
-        "role_gen_kwargs": {"max_gen_toks": 4},
-        "rounds": 1,
-        "judge": "llm_rubric",
-        "judge_backend": "hf",
-        "judge_args": f"pretrained={tiny_model},max_new_tokens=2",
-    }
+    judge = {"judge": "llm_rubric", "judge_backend": "hf", "judge_args": f"pretrained={tiny_model},max_new_tokens=2"}
     args = [
         LM_EVAL,
-        "--model",
-        "hf",
-        "--model_args",
-        f"pretrained={tiny_model}",
-        "--device",
-        "cpu",
-        "--tasks",
-        "esc_eval_demo",
-        "--limit",
-        "1",
-        "--batch_size",
-        "2",
+        *tiny_args(tiny_model, tasks="esc_eval_demo", rounds=1, limit=1, **judge),
         "--apply_chat_template",
-        "--gen_kwargs",
-        "max_gen_toks=4",
-        "--metadata",
-        json.dumps(metadata),
         "--output_path",
         str(tmp_path),
         "--log_samples",
