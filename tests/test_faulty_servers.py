@@ -139,13 +139,14 @@ def comparable(run: Run) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_esc_eval_under_20_percent_faults_equals_a_fault_free_run(card_dir, tmp_path, monkeypatch):
+def test_esc_eval_under_20_percent_faults_equals_a_fault_free_run(esc_data, tmp_path, monkeypatch):
     """Supporter, role-player and judge all behind a server failing 20% of attempts with every fault kind:
     the run completes, each faulted attempt is retried (the server receives exactly one extra request per
-    fault), and the metric rows, transcripts and verdicts are identical to a fault-free run's."""
-    clean, clean_requests = run_esc(scripted, card_dir, tmp_path / "clean", monkeypatch)
+    fault), and the metric rows, transcripts and verdicts are identical to a fault-free run's. (The faults
+    are chosen by a digest of each request, and the rate bounds below hold for the real cards' requests.)"""
+    clean, clean_requests = run_esc(scripted, esc_data, tmp_path / "clean", monkeypatch)
     injector = FaultInjector(scripted)
-    faulty, faulty_requests = run_esc(injector, card_dir, tmp_path / "faulty", monkeypatch)
+    faulty, faulty_requests = run_esc(injector, esc_data, tmp_path / "faulty", monkeypatch)
 
     assert comparable(faulty) == comparable(clean)
     assert clean_requests == 2 * ROUNDS * 2 + 2 * 7  # 2 dialogues × rounds × 2 speakers + 2 × 7 judge requests
