@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def test_test_script_names_its_options_and_refuses_unknown_ones():
     assert result.returncode == 2 and "usage: scripts/test.sh [--quick]" in result.stderr
     text = TEST_SH.read_text("utf-8")
     assert "ESC_GUARD_BROWSER_REQUIRED=0" in text and "apt-get" in text and "--quick" in text
+
+
+def test_the_readme_and_ci_scripts_are_executable():
+    """The README's two commands and `.ci/run` call the scripts directly (`scripts/test.sh`, not `bash …`): a
+    commit that drops a script's executable bit breaks a fresh clone and CI with 'Permission denied'."""
+    repo = TEST_SH.parents[1]
+    scripts = [repo / ".ci" / "run", *sorted((repo / "scripts").glob("*.sh"))]
+    assert len(scripts) >= 5
+    assert [path.name for path in scripts if not os.access(path, os.X_OK)] == []
