@@ -24,14 +24,11 @@ Every judge except ``keywords`` sits behind the persistent SQLite cache (:mod:`e
 the classifiers are made to look like a chat ``JudgeBackend`` whose request is the exact classifier input text
 (adapter field ``decoder``/``encoder``) and whose reply is the label as text, so the cache key is the
 classifier's identity (ids, revisions, dtype, lengths) + that input. ``cache=false`` in ``judge_args`` turns
-the cache off. The judge is built once per process per settings, behind a lock (lmms-eval calls
-``process_results`` from a thread pool); classifier inference is serialised per classifier. For throughput,
-pass as many records per call as possible.
+the cache off. One judge per process and settings, built behind a lock; classifiers run one batch at a time.
 
-Records are mappings with ``prompt`` (the prompt actually sent, incl. the option suffix of the second
-hallucination query), ``response`` (the raw answer; ``None`` counts as ``""``) and the dimension:
-``config`` (the HF config name, which is upstream's results-file prefix) if present, else ``dimension``;
-the ``dimension=`` argument overrides both. Other fields are ignored.
+Records are mappings with ``prompt`` (as sent, incl. the second hallucination query's option suffix),
+``response`` (the raw answer; ``None`` counts as ``""``) and ``config`` (the HF config name, upstream's
+results-file prefix), else ``dimension``; the ``dimension=`` argument overrides both.
 """
 
 from __future__ import annotations
