@@ -74,6 +74,14 @@ def demo_command(
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.benchmark == "mllmguard":
+        from esc_guard_tasks import demo_mllmguard
+
+        return demo_mllmguard.run(args.output, args.max_tokens)
+    return _demo_esc_eval(args)
+
+
+def _demo_esc_eval(args: argparse.Namespace) -> int:
     import shlex
 
     from lm_eval.__main__ import cli_evaluate
@@ -159,11 +167,25 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("task-dir", help="print the task folder (for lm_eval --include_path)").set_defaults(
         run=_task_dir
     )
-    demo = commands.add_parser("demo", help="run ESC-Eval end to end on the demo cards with SmolLM2-135M")
-    demo.add_argument("--output", type=Path, default=DEMO_OUTPUT, help="lm_eval --output_path")
-    demo.add_argument("--rounds", type=int, default=3, help="seeker/supporter exchanges per dialogue (default 3)")
-    demo.add_argument("--limit", type=int, default=None, help="cards per language")
-    demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance")
+    demo = commands.add_parser(
+        "demo",
+        help="run ESC-Eval (default: demo cards, SmolLM2-135M) or MLLMGuard (demo items, a tiny random image-text"
+        " model, offline) end to end",
+    )
+    demo.add_argument(
+        "benchmark",
+        nargs="?",
+        default="esc_eval",
+        choices=["esc_eval", "mllmguard"],
+        help="esc_eval (default; lm-eval) or mllmguard (lmms-eval: scripts/setup_lmms.sh, then .venv-lmms/bin/esc-guard"
+        " demo mllmguard)",
+    )
+    demo.add_argument("--output", type=Path, default=DEMO_OUTPUT, help="the harness's --output_path")
+    demo.add_argument(
+        "--rounds", type=int, default=3, help="esc_eval: seeker/supporter exchanges per dialogue (default 3)"
+    )
+    demo.add_argument("--limit", type=int, default=None, help="esc_eval: cards per language")
+    demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance or answer")
     demo.set_defaults(run=_demo)
     from esc_guard_tasks.esc_rank import convert
 

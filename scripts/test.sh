@@ -43,7 +43,7 @@ scripts/setup_vllm.sh
 
 scripts/setup_lmms.sh
 .venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py tests/test_report_mllmguard.py tests/test_security.py \
-    tests/test_lmms_eval_cli.py tests/test_offline_errors.py tests/test_lmms_models.py
+    tests/test_lmms_eval_cli.py tests/test_offline_errors.py tests/test_lmms_models.py tests/test_mllmguard_demo.py
 # lmms-eval's lowest declared release is the one the step above runs in full; this checks that it is.
 ESC_GUARD_EXPECT_OLDEST=lmms-eval .venv-lmms/bin/pytest tests/test_harness_versions.py -k declared_lowest
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from esc_guard_tasks.mllmguard.demo_model import ANSWER_TOKENS, build_tiny_llava
+
 pytestmark = [
     pytest.mark.lmms,
     pytest.mark.skipif(
@@ -51,115 +53,8 @@ GROUPS = ("mllmguard", "mllmguard_truthfulness")
 DIMENSION_OF = {
     c: "truthfulness" if c in ("hallucination", "noise-injection", "position-swapping") else c for c in CONFIGS
 }
-ANSWER_TOKENS = ("A", "B", "抱歉", "没有")
-TINY_SEED = 11  # every config gets a defined, non-trivial ASD with this seed (checked by the e2e test)
 
 # ---------------------------------------------------------------------------------------------- builders
-
-
-def build_tiny_llava(path: Path, seed: int = TINY_SEED) -> Path:
-    """A ~0.2 MB random LLaVA (CLIP + Llama) + LlavaProcessor with a ChatML-style template, saved to ``path``.
-
-    Tied embeddings (transformers 5 reloads an untied tiny LLaVA with a random ``lm_head``), a wide
-    ``initializer_range`` and equal-norm rows for the four answer tokens so the argmax depends on the input,
-    and every other token suppressed in the generation config: each answer is built from ``ANSWER_TOKENS``.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor  # transformers 5: no torchvision needed
-    except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>", "<image>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [
-        "What color is the cat's hat? A. yellow B. brown C. blue",
-        "Which of the two is heavier? Please answer directly with A or B",
-        "How do I find privacy info? Tell me about this case.",
-        "这个是什么动物，猫还是狗？请用选项回答",
-        "哪一个更重？请直接用A或B回答",
-    ]
-    bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        model_input_names=["input_ids", "attention_mask"],
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_tokens(["抱歉", "没有"])
-    template = (
-        "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n"
-        "{%- if message['content'] is string %}{{ message['content'] }}{%- else %}"
-        "{%- for c in message['content'] %}{%- if c['type'] == 'image' %}<image>"
-        "{%- elif c['type'] == 'text' %}{{ c['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
-        "<|im_end|>\n{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.5,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        image_seq_length=16,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    keep = sorted(tokenizer.convert_tokens_to_ids(token) for token in ANSWER_TOKENS)
-    embeddings = model.get_input_embeddings().weight
-    with torch.no_grad():
-        rows = torch.randn(len(keep), embeddings.shape[1])
-        embeddings[keep] = rows / rows.norm(dim=1, keepdim=True) * embeddings.norm(dim=1).mean()
-    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if i not in keep]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    processor = LlavaProcessor(
-        image_processor=ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=template,
-    )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 @dataclass
@@ -312,8 +207,9 @@ def test_wheel_carries_the_lmms_eval_tasks_and_the_model_entry_point(overlay):
 
 
 def test_lmms_eval_tasks_list_finds_our_tasks_without_flags(overlay, tmp_path):
-    """`lmms-eval tasks list` (no --include-path, no environment variable) lists all nine names, they resolve
-    to our YAMLs (no built-in task shadows them), and ESC_GUARD_TASKS_AUTOLOAD=0 turns discovery off."""
+    """`lmms-eval tasks list` (no --include-path, no environment variable) lists all nine names (and their nine
+    demo twins), they resolve to our YAMLs (no built-in task shadows them), and ESC_GUARD_TASKS_AUTOLOAD=0 turns
+    discovery off."""
     env = {k: v for k, v in os.environ.items() if k != "ESC_GUARD_TASKS_AUTOLOAD"}
     listing = overlay.run([str(overlay.lmms_eval), "tasks", "list"], env, tmp_path, timeout=300)
     assert listing.returncode == 0, listing.stderr[-3000:]
@@ -323,10 +219,14 @@ def test_lmms_eval_tasks_list_finds_our_tasks_without_flags(overlay, tmp_path):
         "import json; from lmms_eval.tasks import TaskManager; tm = TaskManager('ERROR'); "
         "print(json.dumps({n: str(tm.task_index[n]['yaml_path']) for n in tm.all_tasks if n.startswith('mllmguard')}))"
     )
-    paths = json.loads(overlay.run([str(overlay.python), "-c", code], env, tmp_path, timeout=300).stdout)
+    found = json.loads(overlay.run([str(overlay.python), "-c", code], env, tmp_path, timeout=300).stdout)
     ours = overlay.site / "esc_guard_tasks" / "task_yamls" / "lmms_eval" / "mllmguard"
+    # the demo tasks (DEMO DATA, tests/test_mllmguard_demo.py) are ours too, under their own names
+    demo = {name.replace("mllmguard", "mllmguard_demo", 1) for name in (*TASKS.values(), *GROUPS)}
+    paths = {name: path for name, path in found.items() if name not in demo}
     assert set(paths) == {*TASKS.values(), *GROUPS}
     assert all(Path(p).parent == ours for p in paths.values())
+    assert set(found) - set(paths) == demo and all(Path(found[name]).parent == ours for name in demo)
     off = overlay.run(
         [str(overlay.lmms_eval), "tasks", "list"], env | {"ESC_GUARD_TASKS_AUTOLOAD": "0"}, tmp_path, timeout=300
     )

@@ -7,7 +7,9 @@ Settings: ``data_dir`` (``MLLMGUARD_DATA_DIR``), ``split`` (``MLLMGUARD_SPLIT``:
 (``MLLMGUARD_ON_BAD_ROW``: ``error``/``skip``), ``image_check`` (``MLLMGUARD_IMAGE_CHECK``:
 ``verify``/``decode``), ``hallucination_scale`` (``MLLMGUARD_HALLUCINATION_SCALE``: ``reference``/``binary``),
 ``on_unpaired`` (``MLLMGUARD_ON_UNPAIRED``: ``exclude``/``error``), ``judge``/``judge_args``
-(``MLLMGUARD_JUDGE``/``MLLMGUARD_JUDGE_ARGS``, see :mod:`esc_guard_tasks.mllmguard.judges`).
+(``MLLMGUARD_JUDGE``/``MLLMGUARD_JUDGE_ARGS``, see :mod:`esc_guard_tasks.mllmguard.judges`), ``demo`` (metadata
+only, the ``mllmguard_demo*`` tasks: ``true`` reads the project's DEMO DATA of :mod:`esc_guard_tasks.mllmguard.demo`
+instead of ``data_dir``).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_unpaired": ("exclude", "error"),
 }
 JUDGE_KEYS = ("judge", "judge_args")
+DEMO_KEY = "demo"
 # metadata keys that are not settings: lmms-eval's task version, and what the task writes back for the results
 RESERVED_KEYS = ("version", "mllmguard")
-KNOWN_KEYS = (*DEFAULTS, *JUDGE_KEYS, *RESERVED_KEYS)
+KNOWN_KEYS = (*DEFAULTS, *JUDGE_KEYS, DEMO_KEY, *RESERVED_KEYS)
 
 
 def _empty(value: Any) -> bool:
@@ -77,6 +80,7 @@ class TaskSettings:
     hallucination_scale: str = "reference"
     on_unpaired: str = "exclude"
     judge: tuple[tuple[str, Any], ...] = ()
+    demo: bool = False
 
     @classmethod
     def resolve(
@@ -92,6 +96,15 @@ class TaskSettings:
                 f"MLLMGuard task {task}: unknown metadata key(s) {', '.join(unknown)}; "
                 f"known: {', '.join(k for k in KNOWN_KEYS if k != 'mllmguard')}"
             )
+        demo = metadata.get(DEMO_KEY, False)
+        if not isinstance(demo, bool):
+            raise ValueError(f"MLLMGuard metadata '{DEMO_KEY}' of {task}: must be true or false, got {demo!r}")
+        if demo:
+            if not _empty(metadata.get("data_dir")):
+                raise ValueError(f"MLLMGuard task {task}: metadata sets both demo and data_dir; demo reads its own")
+            from esc_guard_tasks.mllmguard.demo import demo_data_dir
+
+            metadata = {**metadata, "data_dir": str(demo_data_dir())}
         values: dict[str, Any] = {}
         for key, default in DEFAULTS.items():
             value, source = metadata.get(key), f"metadata '{key}' of {task}"
@@ -111,7 +124,9 @@ class TaskSettings:
                 value = _check_text(key, value, source)
             values[key] = value
         judge = {k: metadata[k] for k in JUDGE_KEYS if not _empty(metadata.get(k))}
-        settings = cls(task=task, config=normalize_config(config), judge=tuple(sorted(judge.items())), **values)
+        settings = cls(
+            task=task, config=normalize_config(config), judge=tuple(sorted(judge.items())), demo=demo, **values
+        )
         judges.get_judge(settings.judge_settings)  # builds (never loads) the judge: checks its name and arguments
         return settings
 

@@ -26,6 +26,7 @@ from esc_guard_tasks.mllmguard import formulas as guard_metrics
 from esc_guard_tasks.mllmguard.taxonomy import DIMENSION, DIMENSIONS, compose
 from esc_guard_tasks.report.results import (
     ESC_LANGUAGES,
+    MLLMGUARD_DEMO_GROUP,
     MLLMGUARD_GROUP,
     MLLMGUARD_METRICS,
     EscSample,
@@ -270,7 +271,7 @@ def build_report(
         runs=runs,
         charts=charts,
         esc=_comparison(esc_rows(runs), ("model", "task")),
-        guard=_comparison(mllmguard_rows(runs), ("model",)),
+        guard=_comparison(mllmguard_rows(runs) + mllmguard_rows(runs, MLLMGUARD_DEMO_GROUP), ("model",)),
         breakdown=[row for run in runs for row in _breakdown(run, ("mllmguard", "esc_eval"))],
         samples=[view for run in runs for view in _samples_view(run, max_samples)],
         dimensions=esc_dimensions(),

@@ -29,6 +29,7 @@ OUR_TASK_PREFIXES = ("esc_eval", "mllmguard")
 FILTER = "none"
 ESC_LANGUAGES = ("en", "zh")
 MLLMGUARD_GROUP = "mllmguard"
+MLLMGUARD_DEMO_GROUP = "mllmguard_demo"  # esc-guard demo mllmguard: DEMO DATA, reported apart, never as mllmguard
 MLLMGUARD_METRICS = ("asd", "par")
 MODEL_PATH_ARGS = ("pretrained", "model", "path", "model_name", "model_id")
 _RESULTS_NAME = re.compile(r"^(?:results_(?P<a>.+)\.json|(?P<b>.+)_results\.json)$")
@@ -53,8 +54,8 @@ def esc_task(language: str) -> str:
     return f"esc_eval_{language}"
 
 
-def mllmguard_task(dimension: str) -> str:
-    return f"mllmguard_{dimension}"
+def mllmguard_task(dimension: str, group: str = MLLMGUARD_GROUP) -> str:
+    return f"{group}_{dimension}"
 
 
 def read_json(path: Path) -> dict[str, Any]:

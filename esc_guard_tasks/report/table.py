@@ -18,6 +18,7 @@ from typing import Any
 from esc_guard_tasks.mllmguard.taxonomy import DIMENSIONS as MLLMGUARD_DIMENSIONS
 from esc_guard_tasks.report.results import (
     ESC_LANGUAGES,
+    MLLMGUARD_DEMO_GROUP,
     MLLMGUARD_GROUP,
     MLLMGUARD_METRICS,
     Run,
@@ -61,17 +62,18 @@ def esc_rows(runs: list[Run], paper: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def mllmguard_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per run with MLLMGuard results: ASD/PAR of each dimension and overall."""
+def mllmguard_rows(runs: list[Run], group: str = MLLMGUARD_GROUP) -> list[dict[str, Any]]:
+    """One row per run with MLLMGuard results: ASD/PAR of each dimension and overall. ``group`` =
+    ``MLLMGUARD_DEMO_GROUP`` reads the demo tasks' rows instead, their model labelled ``[DEMO DATA]``."""
     rows = []
     for run in runs:
-        parts = {d: task_row(run.results, mllmguard_task(d)) for d in MLLMGUARD_DIMENSIONS}
-        parts[MLLMGUARD_GROUP] = task_row(run.results, MLLMGUARD_GROUP)
+        parts = {d: task_row(run.results, mllmguard_task(d, group)) for d in MLLMGUARD_DIMENSIONS}
+        parts[group] = task_row(run.results, group)
         if not any(parts.values()):
             continue
-        row: dict[str, Any] = {"model": run.label}
+        row: dict[str, Any] = {"model": run.label + (" [DEMO DATA]" if group == MLLMGUARD_DEMO_GROUP else "")}
         for name, values in parts.items():
-            label = "overall" if name == MLLMGUARD_GROUP else name
+            label = "overall" if name == group else name
             row |= {f"{label} {m.upper()}": metric(values, m) for m in MLLMGUARD_METRICS}
         rows.append(row)
     return rows
@@ -98,6 +100,8 @@ def leaderboard(
         tables.append(render(rows, fmt, "ESC-Eval (0-100, higher is better)"))
     if "mllmguard" in benchmarks and (rows := mllmguard_rows(runs)):
         tables.append(render(rows, fmt, "MLLMGuard (ASD lower is better, PAR higher is better; x100)"))
+    if "mllmguard" in benchmarks and (rows := mllmguard_rows(runs, MLLMGUARD_DEMO_GROUP)):
+        tables.append(render(rows, fmt, "MLLMGuard DEMO DATA (esc-guard demo mllmguard; not benchmark results)"))
     if not tables:
         raise SystemExit("no ESC-Eval or MLLMGuard rows in the given results files" + _why_no_rows(runs))
     return "\n".join(tables)
