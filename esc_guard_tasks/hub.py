@@ -7,7 +7,9 @@ demo model), so that none of them borrows these helpers from another benchmark's
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,3 +57,26 @@ def naming_the_model(what: str, name: object, setting: str) -> Iterator[None]:
         raise
     except OSError as err:
         raise ModelLoadError(f"cannot load the {what} {name!s} (set by {setting}): {err} {OFFLINE_ADVICE}") from err
+
+
+def built_once(final: Path, build: Callable[[Path], object], marker: str, note: str) -> Path:
+    """``final``, built by ``build(folder)`` on first use: into a temporary sibling that is moved into place
+    with the ``marker`` file written last, so a reader never sees a half-built folder and a leftover without the
+    marker is rebuilt."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        (tmp / marker).write_text(note + "\n", "utf-8")
+        tmp.chmod(0o755)  # mkdtemp creates 0700; the cache may be shared
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / marker).is_file():  # a leftover without a marker: replace it
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

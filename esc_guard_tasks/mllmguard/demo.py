@@ -11,15 +11,12 @@ the plumbing (loading, expansion, pairing, judging, scoring, reporting); their s
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.hub import cache_dir
+from esc_guard_tasks.hub import built_once, cache_dir
 from esc_guard_tasks.mllmguard.data import SPLITS
 
 DEMO_VERSION = 1  # bump when an item or image changes: a new folder is written
@@ -251,20 +248,4 @@ def demo_data_dir(root: Path | None = None) -> Path:
     """The demo data folder (written on first use, atomically, under the package cache folder)."""
     base = Path(root) if root is not None else cache_dir()
     final = base / f"mllmguard-demo-data-v{DEMO_VERSION}"
-    if (final / MARKER).is_file():
-        return final
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
-    try:
-        write_demo_tree(tmp)
-        (tmp / MARKER).write_text("DEMO DATA written by esc_guard_tasks.mllmguard.demo\n", "utf-8")
-        tmp.chmod(0o755)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / MARKER).is_file():  # a leftover without a marker: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return built_once(final, write_demo_tree, MARKER, "DEMO DATA written by esc_guard_tasks.mllmguard.demo")

@@ -8,12 +8,9 @@ torch, tokenizers and transformers are imported inside functions, so importing t
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from esc_guard_tasks.hub import cache_dir
+from esc_guard_tasks.hub import built_once, cache_dir
 
 ANSWER_TOKENS = ("A", "B", "抱歉", "没有")
 TINY_SEED = 11  # every config of the test data gets a defined, non-trivial ASD with this seed (the e2e test checks)
@@ -130,20 +127,6 @@ def ensure_demo_model(root: Path | None = None) -> Path:
     changes between majors); written to a temporary sibling and moved into place, so no half model is used."""
     base = Path(root) if root is not None else cache_dir()
     final = base / f"tiny-llava-demo-seed{TINY_SEED}-transformers-{importlib.metadata.version('transformers')}"
-    if (final / MARKER).is_file():
-        return final
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
-    try:
-        build_tiny_llava(tmp)
-        (tmp / MARKER).write_text("random tiny LLaVA built by esc_guard_tasks.mllmguard.demo_model\n", "utf-8")
-        tmp.chmod(0o755)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / MARKER).is_file():  # a leftover without a marker: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return built_once(
+        final, build_tiny_llava, MARKER, "random tiny LLaVA built by esc_guard_tasks.mllmguard.demo_model"
+    )
