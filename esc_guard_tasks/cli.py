@@ -187,15 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--limit", type=int, default=None, help="esc_eval: cards per language")
     demo.add_argument("--max-tokens", type=int, default=48, help="new tokens per utterance or answer")
     demo.set_defaults(run=_demo)
+    from esc_guard_tasks import report
     from esc_guard_tasks.esc_rank import convert
 
-    convert.add_arguments(
-        commands.add_parser(
-            "convert-esc-rank",
-            help="rewrite InternLM2 + ESC-RANK adapters into the Llama layout (no remote code)",
-            description=convert.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+    report.add_command(
+        commands,
+        "convert-esc-rank",
+        "rewrite InternLM2 + ESC-RANK adapters into the Llama layout (no remote code)",
+        convert,
     )
     again = commands.add_parser("rescore", help="judge the dialogues of saved --log_samples files again")
     again.add_argument("samples", type=Path, nargs="+", help="samples_<task>_<date>.jsonl files of esc_eval tasks")
@@ -210,16 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     again.set_defaults(run=_rescore)
     from esc_guard_tasks.report import transcripts
 
-    transcripts.add_arguments(
-        commands.add_parser(
-            "transcripts",
-            help="write the ESC-Eval dialogues of logged samples as JSON Lines or in the reference's result/ layout",
-            description=transcripts.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+    report.add_command(
+        commands,
+        "transcripts",
+        "write the ESC-Eval dialogues of logged samples as JSON Lines or in the reference's result/ layout",
+        transcripts,
     )
-    from esc_guard_tasks import report
-
     report.add_arguments(commands.add_parser("report", help="merge, tabulate and report results; judge agreement"))
     from esc_guard_tasks.esc_rank import verify
 

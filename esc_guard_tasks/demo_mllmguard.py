@@ -56,7 +56,8 @@ def run(output: Path, max_tokens: int) -> int:
     from esc_guard_tasks.mllmguard.demo import demo_data_dir
     from esc_guard_tasks.mllmguard.demo_model import ensure_demo_model
     from esc_guard_tasks.report import html, table
-    from esc_guard_tasks.report.results import MLLMGUARD_DEMO_GROUP, load_runs
+    from esc_guard_tasks.report.guard import DEMO_GROUP, mllmguard_rows
+    from esc_guard_tasks.report.runs import load_runs
 
     model, data = ensure_demo_model(), demo_data_dir()
     command = lmms_command(model, output, max_tokens)
@@ -73,7 +74,7 @@ def run(output: Path, max_tokens: int) -> int:
     stamp = results.name.removesuffix("_results.json")
     samples = sorted(results.parent.glob(f"{stamp}_samples_{DEMO_TASK}_*.jsonl"))
     runs = load_runs([results], samples)
-    rows = table.mllmguard_rows(runs, MLLMGUARD_DEMO_GROUP)
+    rows = mllmguard_rows(runs, DEMO_GROUP)
     print()
     print(table.render(rows, "markdown", "MLLMGuard DEMO DATA (ASD lower is better, PAR higher is better; x100)"))
     page = output / "mllmguard_demo_report.html"

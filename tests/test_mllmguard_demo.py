@@ -142,7 +142,7 @@ def test_demo_mllmguard_runs_offline_and_reports_apart(tmp_path):
     assert not names & benchmark
     for name, config in results["configs"].items():
         assert config["metadata"]["mllmguard"]["settings"]["demo"] is True, name
-    from esc_guard_tasks.report.results import load_runs
-    from esc_guard_tasks.report.table import mllmguard_rows
+    from esc_guard_tasks.report.guard import mllmguard_rows
+    from esc_guard_tasks.report.runs import load_runs
 
     assert mllmguard_rows(load_runs([results_file])) == []  # the benchmark's table never shows demo rows

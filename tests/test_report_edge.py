@@ -20,7 +20,10 @@ from report_fixtures import (
 )
 
 from esc_guard_tasks.report import agreement, html, table
-from esc_guard_tasks.report.results import ReportInputError, load_runs
+from esc_guard_tasks.report.esc import esc_estimates
+from esc_guard_tasks.report.guard import mllmguard_rows
+from esc_guard_tasks.report.results import ReportInputError
+from esc_guard_tasks.report.runs import load_runs
 from esc_guard_tasks.report.stats import bootstrap
 
 ALL = ("fluency", "expression", "empathy", "information", "humanoid", "skillful", "overall")
@@ -54,7 +57,7 @@ def test_table_mllmguard_rows_and_paper_reference(tmp_path, shared):
     path, _ = write_run(
         tmp_path, "vlm", rows, harness="lmms_eval", groups={"mllmguard_truthfulness": {"asd,none": 7.0}}
     )
-    (row,) = table.mllmguard_rows(load_runs([path]))
+    (row,) = mllmguard_rows(load_runs([path]))
     assert row["privacy ASD"] == 40.0 and row["truthfulness ASD"] == 7.0 and row["overall PAR"] == 50.0
     assert math.isnan(row["bias ASD"]) and math.isnan(row["legality PAR"])
     text = table.leaderboard(load_runs([path]), "markdown", ("esc_eval",), paper=True)
@@ -90,7 +93,7 @@ def test_single_sample_has_no_interval_and_the_report_still_renders(tmp_path):
     samples = {"esc_eval_zh": [esc_sample(10000, "zh", dict.fromkeys(ALL, 2))]}
     path, files = write_run(tmp_path, "m", {"esc_eval_zh": esc_row(dict.fromkeys(ALL, 50.0))}, samples)
     (run,) = load_runs([path], files)
-    estimates = html.esc_estimates(run, "esc_eval_zh", seed=1, resamples=50)
+    estimates = esc_estimates(run, "esc_eval_zh", seed=1, resamples=50)
     assert [e.value for e in estimates] == [50.0] * 8
     assert all(math.isnan(e.low) and math.isnan(e.high) for e in estimates)
     assert "card 10000 (zh)" in html.build_report([run], resamples=50)
@@ -115,7 +118,7 @@ def test_invalid_judge_replies_are_left_out_of_the_interval(tmp_path):
     row = esc_row({d: (math.nan if s is None else 75.0) for d, s in scores.items()})
     path, files = write_run(tmp_path, "m", {"esc_eval_en": row}, samples)
     estimates = dict(
-        zip((*ALL, "average"), html.esc_estimates(load_runs([path], files)[0], "esc_eval_en", 1, 50), strict=True)
+        zip((*ALL, "average"), esc_estimates(load_runs([path], files)[0], "esc_eval_en", 1, 50), strict=True)
     )
     assert math.isnan(estimates["humanoid"].value) and math.isnan(estimates["humanoid"].low)
     assert estimates["fluency"].low == estimates["fluency"].high == 75.0

@@ -13,8 +13,10 @@ from judge_fixtures import build_tiny_judge
 from report_fixtures import render_in_chromium
 
 from esc_guard_tasks.cli import main
-from esc_guard_tasks.report import html, merge, table
-from esc_guard_tasks.report.results import ReportInputError, esc_dimensions, load_runs
+from esc_guard_tasks.report import merge, table
+from esc_guard_tasks.report.esc import esc_dimensions, esc_estimates
+from esc_guard_tasks.report.results import ReportInputError
+from esc_guard_tasks.report.runs import load_runs
 
 OTHER_TASK = """task: tiny_yes_no
 dataset_path: json
@@ -158,8 +160,8 @@ def test_html_report_from_real_samples(judged, tmp_path):
     run, results, samples = judged
     runs = load_runs([results], samples)
     task = "esc_eval_en"
-    estimates = html.esc_estimates(runs[0], task, seed=1, resamples=200)
-    assert estimates == html.esc_estimates(runs[0], task, seed=1, resamples=200)
+    estimates = esc_estimates(runs[0], task, seed=1, resamples=200)
+    assert estimates == esc_estimates(runs[0], task, seed=1, resamples=200)
     for name, estimate in zip((*esc_dimensions(), "average"), estimates, strict=True):
         assert estimate.value == run.results["results"][task][f"{name},none"]
         assert estimate.low <= estimate.value <= estimate.high or math.isnan(estimate.low)

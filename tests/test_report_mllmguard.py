@@ -40,12 +40,12 @@ def lmms_run(tmp_path_factory):
 
 def test_table_rows_equal_the_results(lmms_run):
     """The leaderboard's ASD/PAR per dimension and overall are the results file's values."""
-    from esc_guard_tasks.report import table
-    from esc_guard_tasks.report.results import load_runs
+    from esc_guard_tasks.report.guard import mllmguard_rows
+    from esc_guard_tasks.report.runs import load_runs
 
     results, _ = lmms_run
     data = json.loads(results.read_text("utf-8"))
-    (row,) = table.mllmguard_rows(load_runs([results]))
+    (row,) = mllmguard_rows(load_runs([results]))
     for dimension in ("privacy", "bias", "toxicity", "truthfulness", "legality", "overall"):
         task = "mllmguard" if dimension == "overall" else f"mllmguard_{dimension}"
         source = data["results"].get(task) or data["groups"][task]
@@ -57,8 +57,8 @@ def test_table_rows_equal_the_results(lmms_run):
 def test_html_intervals_come_from_the_samples_and_images_are_embedded(lmms_run, tmp_path):
     """Recomputed from the logged samples without resampling, every dimension and overall equals the harness's
     value (so the intervals are over the same statistic); the page embeds each sample's image, prompt and answer."""
-    from esc_guard_tasks.report import html
-    from esc_guard_tasks.report.results import load_runs
+    from esc_guard_tasks.report import guard, html
+    from esc_guard_tasks.report.runs import load_runs
 
     results, samples = lmms_run
     (run,) = load_runs([results], samples)
@@ -66,11 +66,11 @@ def test_html_intervals_come_from_the_samples_and_images_are_embedded(lmms_run, 
     for dimension in ("privacy", "bias", "toxicity", "truthfulness", "legality", "mllmguard"):
         row = run.results["results"].get(f"mllmguard_{dimension}") or run.results["results"][dimension]
         for name in ("asd", "par"):
-            value = html._guard_value(records, dimension, name, "reference")
+            value = guard._guard_value(records, dimension, name, "reference")
             expected = row[f"{name},none"]
             assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected), (dimension, name)
-    estimates = html.guard_estimates(run, "asd", seed=5, resamples=100)
-    again = html.guard_estimates(run, "asd", seed=5, resamples=100)
+    estimates = guard.guard_estimates(run, "asd", seed=5, resamples=100)
+    again = guard.guard_estimates(run, "asd", seed=5, resamples=100)
     assert repr(estimates) == repr(again), "same seed, same intervals"  # repr: undefined (NaN) rows compare equal
     page = html.build_report([run], resamples=100, max_samples=1000)
     assert page.count("data:image/png;base64,") == 2 + len(records)  # ASD + PAR charts, one image per sample

@@ -179,7 +179,7 @@ def test_the_report_reads_each_trial_as_its_own_dialogue(tmp_path):
     a repeated sample; trial 0 keeps the single-trial identity, so it still pairs with single-trial runs."""
     from report_fixtures import esc_sample
 
-    from esc_guard_tasks.report.results import read_samples
+    from esc_guard_tasks.report.runs import read_samples
 
     lines = []
     for trial in range(3):

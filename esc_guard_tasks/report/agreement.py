@@ -30,15 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from esc_guard_tasks.report.results import (
-    EscSample,
-    ReportInputError,
-    Sample,
-    esc_dimensions,
-    load_runs,
-    nonblank_lines,
-    read_samples,
-)
+from esc_guard_tasks.report.benchmark import Sample
+from esc_guard_tasks.report.esc import EscSample, esc_dimensions
+from esc_guard_tasks.report.guard import GuardSample
+from esc_guard_tasks.report.results import ReportInputError, nonblank_lines
+from esc_guard_tasks.report.runs import load_runs, read_samples
 from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate, bootstrap
 
 ESC_MAX = 4
@@ -128,6 +124,7 @@ def pair_up(labels: list[Label], samples: list[Sample]) -> tuple[dict[tuple[str,
         if isinstance(sample, EscSample):
             name, top, judged = ("esc_eval", label.dimension), ESC_MAX, sample.score(label.dimension)
         else:
+            assert isinstance(sample, GuardSample), label.key  # read_labels keys only these two benchmarks
             config = sample.record.get("config", "")
             top = GUARD_MAX.get(config, GUARD_DEFAULT_MAX)
             if label.value > top:

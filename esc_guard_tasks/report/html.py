@@ -15,37 +15,19 @@ import base64
 import io
 import math
 import re
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from esc_guard_tasks.mllmguard import formulas as guard_metrics
-from esc_guard_tasks.mllmguard.taxonomy import DIMENSION, DIMENSIONS, compose
-from esc_guard_tasks.report.results import (
-    ESC_LANGUAGES,
-    MLLMGUARD_DEMO_GROUP,
-    MLLMGUARD_GROUP,
-    MLLMGUARD_METRICS,
-    EscSample,
-    GuardSample,
-    Run,
-    esc_dimensions,
-    esc_task,
-    load_runs,
-    metric,
-    mllmguard_task,
-    task_row,
-)
-from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate, bootstrap
-from esc_guard_tasks.report.table import esc_rows, mllmguard_rows
+from esc_guard_tasks.report import benchmarks
+from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart
+from esc_guard_tasks.report.results import Run
+from esc_guard_tasks.report.runs import load_runs
+from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate
 
-ESC_SCALE = 25.0
-THUMBNAIL = 256
 MAX_SAMPLES = 50
-_LANGUAGE_SUFFIXES = tuple(f"_{lang}" for lang in ESC_LANGUAGES)
 # C0 and C1 controls other than tab and newline; bidirectional marks, embeddings, overrides and isolates.
 _HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -90,108 +72,24 @@ def bar_chart(title: str, categories: list[str], series: dict[str, list[Estimate
     return _png(figure)
 
 
-def _esc_matrix(samples: list[EscSample]) -> np.ndarray:
-    """Dialogues × dimensions, 0–100, NaN where the judge's reply was invalid."""
-    return np.array(
-        [
-            [math.nan if (s := sample.score(d)) is None else s * ESC_SCALE for d in esc_dimensions()]
-            for sample in samples
-        ]
-    ).reshape(len(samples), len(esc_dimensions()))
-
-
-def esc_estimates(run: Run, task: str, seed: int, resamples: int) -> list[Estimate]:
-    """Dimensions + average of one run's task: the results' values, CIs from its samples (if any)."""
-    row = task_row(run.results, task)
-    values = [metric(row, d) for d in (*esc_dimensions(), "average")]
-    samples = [s for s in run.samples.get(task, []) if isinstance(s, EscSample) and s.verdicts]
-    if not samples:
-        return [Estimate(v) for v in values]
-    matrix = _esc_matrix(samples)
-
-    def column(j: int) -> Callable[[np.ndarray], float]:
-        if j == matrix.shape[1]:
-            return lambda i: float(np.nanmean(np.nanmean(matrix[i], axis=0)))
-        return lambda i: float(np.nanmean(matrix[i, j]))
-
-    estimates = [bootstrap(len(samples), column(j), seed=seed, resamples=resamples) for j in range(len(values))]
-    return [Estimate(v, e.low, e.high) for v, e in zip(values, estimates, strict=True)]
-
-
-def _resampled(units: list[list[dict[str, Any]]], indices: np.ndarray) -> list[dict[str, Any]]:
-    """The records of the drawn items; a drawn-again item gets a fresh id (pairs stay valid, no duplicates)."""
-    return [record | {"item_id": f"{record['item_id']}#{n}"} for n, i in enumerate(indices) for record in units[i]]
-
-
-def _guard_value(records: list[dict[str, Any]], dimension: str, name: str, scale: str) -> float:
-    """ASD or PAR of a dimension (mean of its configs) or of ``mllmguard`` (mean of the five); NaN propagates."""
-    options: dict[str, Any] = {"hallucination_scale": scale, "on_unpaired": "exclude"}
-    per_config = {
-        c: getattr(guard_metrics.config_result(records, c, **options), name)
-        for c, d in DIMENSION.items()
-        if dimension in (MLLMGUARD_GROUP, d)
-    }
-    composite = compose(per_config)
-    return composite.overall if dimension == MLLMGUARD_GROUP else composite.dimensions[dimension]
-
-
-def _hallucination_scale(run: Run) -> str:
-    config = run.results.get("configs", {}).get(mllmguard_task("hallucination"), {})
-    return config.get("metadata", {}).get("mllmguard", {}).get("settings", {}).get("hallucination_scale", "reference")
-
-
-def guard_estimates(run: Run, name: str, seed: int, resamples: int) -> list[Estimate]:
-    """ASD or PAR per dimension + overall: the results' values, CIs over the samples' items (if any)."""
-    records = [s.record for samples in run.samples.values() for s in samples if isinstance(s, GuardSample)]
-    scale = _hallucination_scale(run)
-    estimates = []
-    for dimension in (*DIMENSIONS, MLLMGUARD_GROUP):
-        value = metric(
-            task_row(run.results, mllmguard_task(dimension) if dimension != MLLMGUARD_GROUP else dimension), name
-        )
-        mine = [r for r in records if dimension == MLLMGUARD_GROUP or r.get("dimension") == dimension]
-        items: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for record in mine:
-            items.setdefault((record["config"], record["item_id"]), []).append(record)
-        units = list(items.values())
-        if not units:
-            estimates.append(Estimate(value))
-            continue
-        drawn = bootstrap(
-            len(units),
-            lambda i, d=dimension, u=units: _guard_value(_resampled(u, i), d, name, scale),  # type: ignore[misc]
-            seed=seed,
-            resamples=resamples,
-        )
-        estimates.append(Estimate(value, drawn.low, drawn.high))
-    return estimates
-
-
-def _image(path: str | None) -> str | None:
-    """A thumbnail of a logged image as base64 PNG; None when the file is not readable here."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:  # type: ignore[arg-type]
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-    except (OSError, UnidentifiedImageError, TypeError, ValueError):
-        return None
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _breakdown(run: Run, prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Every per-language / per-subtask metric row of our tasks (``asd_en``, ``par_trade_secret``, …)."""
+def _breakdown(run: Run) -> list[dict[str, Any]]:
+    """Every per-language / per-subtask metric row of our tasks (``asd_en``, ``par_trade_secret``, …): the
+    metrics each benchmark names in ``breakdown_metrics``."""
     rows = []
     for task, row in {**run.results.get("results", {}), **run.results.get("groups", {})}.items():
-        if not task.startswith(prefixes):
+        benchmark = benchmarks.benchmark_of(task)
+        if benchmark is None:
             continue
+        languages = tuple(f"_{language}" for language in benchmark.languages)
         for key, value in row.items():
             name, _, _ = key.partition(",")
-            if "_stderr" in name or not name.startswith(("asd_", "par_")) or not isinstance(value, (int, float)):
+            if (
+                "_stderr" in name
+                or not name.startswith(benchmark.breakdown_metrics)
+                or not isinstance(value, (int, float))
+            ):
                 continue
-            kind = "language" if name.endswith(_LANGUAGE_SUFFIXES) else "subtask"
+            kind = "language" if name.endswith(languages) else "subtask"
             rows.append({"run": run.label, "task": task, "kind": kind, "metric": name, "value": float(value)})
     return rows
 
@@ -214,18 +112,35 @@ def _comparison(rows: list[dict[str, Any]], key_columns: tuple[str, ...]) -> dic
     return {"columns": list(rows[0]) if rows else [], "rows": out}
 
 
+def _comparisons(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """One comparison table per section (title): a benchmark's rows, then those of the benchmarks that join it."""
+    sections: dict[str, tuple[tuple[str, ...], list[dict[str, Any]]]] = {}
+    for benchmark in benchmarks.BENCHMARKS:
+        key, rows = sections.setdefault(benchmark.comparison_section, (benchmark.comparison_key, []))
+        rows.extend(benchmark.rows(runs, False))
+    return {title: _comparison(rows, key) for title, (key, rows) in sections.items()}
+
+
+def _owner(task: str) -> BenchmarkDescriptor:
+    """The benchmark of a task whose samples were read (``runs.read_samples`` refuses anyone else's)."""
+    benchmark = benchmarks.benchmark_of(task)
+    assert benchmark is not None, task
+    return benchmark
+
+
+def _chart(chart: Chart) -> dict[str, str]:
+    return {
+        "title": chart.title,
+        "note": chart.note,
+        "png": bar_chart(chart.heading, chart.categories, chart.series, chart.ylabel),
+    }
+
+
 def _samples_view(run: Run, max_samples: int) -> list[dict[str, Any]]:
     views = []
     for task, samples in sorted(run.samples.items()):
-        shown = samples[:max_samples]
-        entries = []
-        for sample in shown:
-            if isinstance(sample, EscSample):
-                entries.append({"kind": "esc", "sample": sample})
-            else:
-                entries.append(
-                    {"kind": "guard", "record": sample.record, "image": _image(sample.record.get("image_path"))}
-                )
+        view = _owner(task).sample_view
+        entries = [view(sample) for sample in samples[:max_samples]]
         views.append({"run": run.label, "task": task, "total": len(samples), "entries": entries})
     return views
 
@@ -236,45 +151,22 @@ def build_report(
     """The whole page as a string."""
     import jinja2
 
-    charts = []
-    for language in ESC_LANGUAGES:
-        task = esc_task(language)
-        present = [r for r in runs if task_row(r.results, task) is not None]
-        if present:
-            series = {r.label: esc_estimates(r, task, seed, resamples) for r in present}
-            with_ci = any(r.samples.get(task) for r in present)
-            charts.append(
-                {
-                    "title": f"ESC-Eval {task}",
-                    "note": "95% bootstrap CI over dialogues" if with_ci else "no samples given: no CI",
-                    "png": bar_chart(task, [*esc_dimensions(), "average"], series, "score (0-100)"),
-                }
-            )
-    guard_runs = [r for r in runs if any(task_row(r.results, mllmguard_task(d)) for d in DIMENSIONS)]
-    for name in MLLMGUARD_METRICS:
-        if guard_runs:
-            series = {r.label: guard_estimates(r, name, seed, resamples) for r in guard_runs}
-            with_ci = any(r.samples for r in guard_runs)
-            direction = "lower is better" if name == "asd" else "higher is better"
-            charts.append(
-                {
-                    "title": f"MLLMGuard {name.upper()} ({direction})",
-                    "note": "95% bootstrap CI over items" if with_ci else "no samples given: no CI",
-                    "png": bar_chart(
-                        f"MLLMGuard {name.upper()}", [*DIMENSIONS, "overall"], series, f"{name.upper()} (x100)"
-                    ),
-                }
-            )
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=visible_controls)
-    template = environment.from_string(resources.files(__package__).joinpath("report.html.j2").read_text("utf-8"))
+    charts = [_chart(chart) for benchmark in benchmarks.BENCHMARKS for chart in benchmark.charts(runs, seed, resamples)]
+    environment = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: resources.files(__package__).joinpath(name).read_text("utf-8")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=visible_controls,
+    )
+    template = environment.get_template("report.html.j2")
     return template.render(
         runs=runs,
         charts=charts,
-        esc=_comparison(esc_rows(runs), ("model", "task")),
-        guard=_comparison(mllmguard_rows(runs) + mllmguard_rows(runs, MLLMGUARD_DEMO_GROUP), ("model",)),
-        breakdown=[row for run in runs for row in _breakdown(run, ("mllmguard", "esc_eval"))],
+        heading=f"{benchmarks.titles(' / ')} report",
+        names=benchmarks.titles(),
+        comparisons=_comparisons(runs),
+        breakdown=[row for run in runs for row in _breakdown(run)],
         samples=[view for run in runs for view in _samples_view(run, max_samples)],
-        dimensions=esc_dimensions(),
         seed=seed,
         resamples=resamples,
         isnan=math.isnan,

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.report.results import ReportInputError, is_our_task, model_identity, read_json
+from esc_guard_tasks.report.benchmarks import is_our_task, titles
+from esc_guard_tasks.report.results import ReportInputError, model_identity, read_json
 
 SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
 
@@ -49,7 +50,7 @@ def merge_results(existing: dict[str, Any], new: dict[str, Any], source: Path) -
             merged.setdefault(section, {}).update(json.loads(json.dumps(entries)))
             copied += len(entries)
     if not copied:
-        raise ReportInputError(f"{source}: holds no ESC-Eval or MLLMGuard entries to merge")
+        raise ReportInputError(f"{source}: holds no {titles()} entries to merge")
     return merged
 
 

@@ -19,7 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.report.results import EscSample, ReportInputError, nonblank_lines, read_samples
+from esc_guard_tasks.report.esc import EscSample
+from esc_guard_tasks.report.results import ReportInputError, nonblank_lines
+from esc_guard_tasks.report.runs import read_samples
 
 FORMATS = ("jsonl", "reference")
 
