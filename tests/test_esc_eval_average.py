@@ -19,8 +19,8 @@ from harness_runs import run_cli, tiny_args
 from lm_eval.api.metrics import bootstrap_stderr
 from loopback_server import LoopbackChatServer
 
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval.rubric import dimensions
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.metrics.esc_eval import DialogueScores, dimension_scores, mean_of_dimensions
 
 DIMENSIONS = [d.metric for d in dimensions()]
@@ -111,7 +111,7 @@ def test_lm_eval_prints_the_mean_of_the_dimension_rows_in_every_task_and_the_gro
             judge_backend="openai",
             judge_args=f"base_url={server.base_url}",
         )
-        monkeypatch.setattr(judging, "_JUDGES", {})
+        monkeypatch.setattr(registry, "_BUILT", {})
         run = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "out")
     rows = run.results["results"]
     for task in ("esc_eval_demo_en", "esc_eval_demo_zh"):

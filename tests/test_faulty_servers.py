@@ -26,7 +26,7 @@ from harness_runs import Run, run_cli
 from loopback_server import LoopbackChatServer, LoopbackDroppedConnectionError, LoopbackHTTPError, chat_completion
 
 from esc_guard_tasks.chat_api import ChatAPIError
-from esc_guard_tasks.esc_eval import judging
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.mllmguard.judges import LLMJudge
 
 ROLE_MODEL = "esc-role-test"
@@ -125,7 +125,7 @@ def esc_args(chat_url: str, base_url: str, card_dir: Path) -> list[str]:
 def run_esc(reply: Callable, card_dir: Path, output: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, int]:
     """One esc_eval run against a loopback server answering with ``reply``; fresh judge cache and judges."""
     monkeypatch.setenv("ESC_GUARD_CACHE", str(output / "cache"))
-    monkeypatch.setattr(judging, "_JUDGES", {})
+    monkeypatch.setattr(registry, "_BUILT", {})
     with LoopbackChatServer(reply, models=[ROLE_MODEL, SUPPORTER_MODEL, JUDGE_MODEL]) as server:
         run = run_cli(esc_args(server.chat_url, server.base_url, card_dir), output / "run")
         assert not server.errors, server.errors

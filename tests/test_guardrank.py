@@ -30,6 +30,7 @@ from guardrank_fixtures import (
 )
 from loopback_server import LoopbackChatServer
 
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.mllmguard import judges
 from esc_guard_tasks.mllmguard.guardrank import (
     GuardRankDecoder,
@@ -531,14 +532,14 @@ def test_settings_come_from_the_task_then_the_environment(monkeypatch):
 def test_the_judge_is_built_once_across_threads(monkeypatch):
     """lmms-eval calls process_results from a thread pool: concurrent first calls build one judge, not four."""
     built = []
-    original = judges.BUILDERS["keywords"]
+    original = registry.builder("keywords", "rules")
 
     def slow_build(args):
         time.sleep(0.05)
         built.append(1)
         return original(args)
 
-    monkeypatch.setitem(judges.BUILDERS, "keywords", slow_build)
+    monkeypatch.setitem(registry.BUILDERS, ("keywords", "rules"), slow_build)
     results = []
     threads = [
         threading.Thread(

@@ -23,10 +23,6 @@ CORES = ("esc_eval", "esc_rank", "judges", "mllmguard", "report")
 # the entry goes with it.
 KNOWN_LAZY_CYCLES = {
     (
-        f"{PACKAGE}.esc_eval.judging",
-        f"{PACKAGE}.esc_rank.checkpoints",
-    ): "ESC-Eval's judging builds the ESC-RANK judge itself; goes when judges are built by the one judge registry",
-    (
         f"{PACKAGE}.autoload",
         f"{PACKAGE}.harness.lm_eval_preflight",
     ): "the discovery hook runs lm-eval's preflight, while harness.lmms_eval_discovery imports the hook's helpers",

@@ -27,11 +27,11 @@ from harness_runs import run_cli, tiny_args
 from loopback_server import LoopbackChatServer, LoopbackHTTPError, chat_completion
 
 from esc_guard_tasks.chat_api import ChatAPIError, retry_after_seconds
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval.judging import build_backend, score_dialogues
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.rubric import dimensions, judge_query
 from esc_guard_tasks.esc_eval.settings import ESCSettings
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.judges.openai_chat import OpenAIChatJudge
 
@@ -460,11 +460,11 @@ def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, card_dir
             judge_backend="openai",
             judge_args=f"base_url={base_url}",
         )
-        monkeypatch.setattr(judging, "_JUDGES", {})
+        monkeypatch.setattr(registry, "_BUILT", {})
         first = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "first")
         after_first = len(server.chat_bodies())
         models = Counter(b["model"].endswith("_en") for b in server.chat_bodies())
-        monkeypatch.setattr(judging, "_JUDGES", {})
+        monkeypatch.setattr(registry, "_BUILT", {})
         second = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "second")
         after_second = len(server.chat_bodies())
 

@@ -7,15 +7,15 @@ import logging
 from harness_runs import run_cli, tiny_args
 from loopback_server import LoopbackChatServer
 
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.harness import lm_eval_task
+from esc_guard_tasks.judges import registry
 
 
 def test_llm_rubric_results_and_log_carry_the_comparability_note(tiny_model, tmp_path, monkeypatch, caplog, capfd):
     """Both tasks' results metadata hold the note (naming ESC-RANK and the paper's judge comparison) beside the
     identity of the judge that replied, and the log has the note exactly once for the run."""
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(judging, "_JUDGES", {})
+    monkeypatch.setattr(registry, "_BUILT", {})
     monkeypatch.setattr(lm_eval_task, "_NOTED", set())
     with LoopbackChatServer(lambda body: "3") as server:
         args = tiny_args(

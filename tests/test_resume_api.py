@@ -25,8 +25,8 @@ from loopback_server import LoopbackChatServer, LoopbackHTTPError
 from test_faulty_servers import JUDGE_MODEL, ROLE_MODEL, SUPPORTER_MODEL, comparable, scripted
 
 from esc_guard_tasks.chat_api import ChatAPIError
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval import store as store_module
+from esc_guard_tasks.judges import registry
 
 ROUNDS = 4
 DIALOGUES = 2  # --limit 1: one card per language
@@ -102,7 +102,7 @@ def test_a_dead_endpoint_keeps_progress_and_the_rerun_generates_only_the_rest(ca
         def run(name: str, store_setting: str):
             cache = "reference_cache" if name == "reference" else "cache"
             monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / cache))
-            monkeypatch.setattr(judging, "_JUDGES", {})
+            monkeypatch.setattr(registry, "_BUILT", {})
             return run_cli(args(server, card_dir, store_setting), tmp_path / name)
 
         reference = run("reference", "none")

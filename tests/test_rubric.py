@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from esc_guard_tasks.esc_eval.judging import Verdict, judge_request, verdicts_to_json
+from esc_guard_tasks.esc_eval.judging import judge_request, verdict_for, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.rubric import (
     dimensions,
@@ -92,7 +92,7 @@ def test_strict_and_reference_parsers(reply, strict, reference):
 def test_dimension_rows_exclude_invalid_replies():
     """Scores are ×25; an invalid reply is NaN (excluded, counted in invalid_rate), never 0."""
     replies = ["3", "4", "Score: 2", "1", "0", "2", "4"]
-    verdicts = [Verdict.from_reply(d, r) for d, r in zip(dimensions(), replies, strict=True)]
+    verdicts = [verdict_for(d, r) for d, r in zip(dimensions(), replies, strict=True)]
     record = {"transcript": json.loads(_transcript().to_json()), "verdicts": verdicts_to_json(verdicts)}
     metrics = process_results({"card_id": 7}, [json.dumps(record)])
     assert metrics["fluency"] == 75.0 and metrics["expression"] == 100.0

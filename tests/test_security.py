@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from loopback_server import LoopbackChatServer, LoopbackHTTPError
 
 import esc_guard_tasks
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval.judging import score_dialogues
 from esc_guard_tasks.esc_eval.protocol import Card, Transcript, Turn, role_player_messages, supporter_messages
 from esc_guard_tasks.esc_eval.rubric import dimensions, judge_query
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.mllmguard.judges import LLMJudge, llm_messages
 
@@ -135,7 +135,7 @@ def test_api_keys_never_reach_logs_results_or_samples(card_dir, tmp_path, monkey
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_SENTINEL)
     monkeypatch.setenv("ESC_EVAL_JUDGE_API_KEY", JUDGE_SENTINEL)
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(judging, "_JUDGES", {})
+    monkeypatch.setattr(registry, "_BUILT", {})
     caplog.set_level(logging.DEBUG)
     echoed: set[str] = set()
 
