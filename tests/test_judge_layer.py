@@ -180,9 +180,9 @@ def test_both_benchmarks_get_judges_from_the_one_registry():
 def test_one_verdict_with_each_benchmarks_json():
     """One Verdict type for ESC-Eval, MLLMGuard and the report; ESC-Eval's JSON keeps the reference parser's score
     in its place (dimension, score, reference_score, raw), MLLMGuard's has none (dimension, score, raw)."""
-    from esc_guard_tasks.report import results
+    from esc_guard_tasks.report import esc as report_esc
 
-    assert judging.Verdict is guard_judges.Verdict is results.Verdict is Verdict
+    assert judging.Verdict is guard_judges.Verdict is report_esc.Verdict is Verdict
     esc = judging.verdict_for(dimensions()[0], "Score: 3")
     assert (
         json.dumps(esc.to_json()) == '{"dimension": "fluency", "score": null, "reference_score": 3, "raw": "Score: 3"}'

@@ -20,12 +20,12 @@ from harness_runs import run_cli, tiny_args
 from lm_eval.api.metrics import bootstrap_stderr, nanmean
 from loopback_server import LoopbackChatServer
 
-from esc_guard_tasks.esc_eval import judging
 from esc_guard_tasks.esc_eval.cards import load_card_dataset
 from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup, dialogue_seed
 from esc_guard_tasks.esc_eval.protocol import Card
 from esc_guard_tasks.esc_eval.settings import ESCSettings
 from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore, dialogue_key
+from esc_guard_tasks.judges import registry
 from esc_guard_tasks.metrics.esc_eval import CardValue, DialogueScores, mean_of_dimensions, trial_sd
 
 ROUNDS = 2
@@ -225,7 +225,7 @@ def _judged_run(tiny_model, card_dir, tmp_path, monkeypatch, out: str, **metadat
         lm_eval, "simple_evaluate", functools.partial(lm_eval.simple_evaluate, bootstrap_iters=BOOTSTRAP_ITERS)
     )
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / out / "cache"))
-    monkeypatch.setattr(judging, "_JUDGES", {})
+    monkeypatch.setattr(registry, "_BUILT", {})
     with LoopbackChatServer(served_scores) as server:
         args = tiny_args(
             tiny_model,

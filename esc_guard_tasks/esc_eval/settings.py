@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esc_guard_tasks.usage import check_prices
+from esc_guard_tasks.judges.args import parse_kv, parse_pairs, public_args
 
 ENV_PREFIX = "ESC_EVAL_"
 
@@ -36,24 +36,6 @@ JUDGES = ("esc_rank", "llm_rubric", "none")
 JUDGE_BACKENDS = ("hf", "vllm", "openai")
 # ESC_EVAL_* variables that are not settings keys.
 OTHER_ENV = frozenset({"ESC_EVAL_JUDGE_API_KEY"})
-# Argument names whose values must never reach results files or logs.
-SECRET_ARG_MARKERS = ("key", "token", "secret", "password")
-
-
-def parse_kv(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``a=1,b=x`` (lm-eval's model_args syntax) or a mapping → dict with typed values."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, Mapping):
-        return dict(value)
-    from lm_eval.utils import simple_parse_args_string
-
-    return simple_parse_args_string(value)
-
-
-def public_args(args: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop secret-looking arguments before anything is written to results."""
-    return {k: v for k, v in args.items() if not any(m in k.lower() for m in SECRET_ARG_MARKERS)}
 
 
 @dataclass(frozen=True)
@@ -72,9 +54,6 @@ class ESCSettings:
     # The SQLite file finished turns are persisted to (resume after a crash); None: the
     # default file in the cache folder; "none": no persistence.
     dialogue_store: str | None = None
-    # Per role (role_player, supporter, judge): [prompt, completion] price per million tokens; the run then
-    # records and prints its estimated cost. No built-in price list: prices change, and differ per provider.
-    prices: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def from_sources(cls, metadata: Mapping[str, Any], environ: Mapping[str, str]) -> ESCSettings:
@@ -141,7 +120,6 @@ class ESCSettings:
             "data_dir": self.data_dir,
             "role_player": self.role_player_identity(),
             "judge": self.judge_identity(),
-            "prices": self.prices,
         }
 
 
@@ -190,8 +168,6 @@ def _checked(key: str, value: Any) -> Any:
         return ",".join(f"{k}={v}" for k, v in _pairs(value).items())
     if key == "role_model":
         return _registered_model(checks.text(value))
-    if key == "prices":
-        return check_prices(_pairs(value))
     if key == "judge":
         return checks.choice(*JUDGES)(value)
     if key == "judge_backend":
@@ -211,11 +187,7 @@ def _pairs(value: Any) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise ValueError(f"must be a JSON object or k=v,k=v ({err})") from None
     if isinstance(value, str):
-        pairs = parse_kv(value)
-        bare = [k for k, v in pairs.items() if v == ""]
-        if bare:
-            raise ValueError(f"must be k=v,k=v: {', '.join(bare)} has no value")
-        return pairs
+        return parse_pairs(value)
     if isinstance(value, Mapping):
         return dict(value)
     raise ValueError(f"must be a JSON object or k=v,k=v, not a JSON {type(value).__name__}")

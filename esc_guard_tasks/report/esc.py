@@ -20,8 +20,9 @@ import numpy as np
 
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.rubric import dimensions
+from esc_guard_tasks.judges.base import Verdict
 from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, Sample
-from esc_guard_tasks.report.results import Run, Verdict, metric, task_row
+from esc_guard_tasks.report.results import Run, metric, task_row
 from esc_guard_tasks.report.stats import Estimate, bootstrap
 
 LANGUAGES = ("en", "zh")

@@ -111,13 +111,6 @@ class Run:
         return f"{self.model} @ {stamp}" if stamp else self.model
 
 
-@dataclass
-class Verdict:
-    dimension: str
-    score: int | None
-    raw: str
-
-
 def nonblank_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of each non-blank line of a JSON Lines file; an unreadable file is an error naming it."""
     try:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from esc_guard_tasks.judges.base import verdicts_to_json
 from esc_guard_tasks.report.esc import EscSample
 from esc_guard_tasks.report.results import ReportInputError, nonblank_lines
 from esc_guard_tasks.report.runs import read_samples
@@ -51,7 +51,7 @@ def dialogue_records(paths: list[Path]) -> list[dict[str, Any]]:
                     },
                     "greeting": transcript.greeting,
                     "turns": [{"speaker": t.speaker, "text": t.text} for t in transcript.turns],
-                    "verdicts": [asdict(v) for v in sample.verdicts] or None,
+                    "verdicts": verdicts_to_json(sample.verdicts) or None,
                 }
             )
     return records
