@@ -157,6 +157,28 @@ def patch_evaluator_config(module: ModuleType) -> None:
     setattr(cls, _PATCHED, True)
 
 
+def patch_make_table(module: ModuleType) -> None:
+    """Both harnesses' CLIs print ``make_table(results)`` then, if any, ``make_table(results, "groups")``:
+    the last table printed gets one line per task saying the tokens each role used (and the cost)."""
+    original = getattr(module, "make_table", None)
+    if original is None or getattr(original, _PATCHED, False):
+        return
+
+    @functools.wraps(original)
+    def make_table(result_dict: dict, column: str = "results", *args: Any, **kwargs: Any) -> str:
+        table = original(result_dict, column, *args, **kwargs)
+        if column == "groups" or "groups" not in result_dict:
+            from esc_guard_tasks.usage import usage_lines
+
+            lines = usage_lines(result_dict)
+            if lines:
+                table = table.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+        return table
+
+    setattr(make_table, _PATCHED, True)
+    module.make_table = make_table  # type: ignore[attr-defined]
+
+
 class _HookedLoader(importlib.abc.Loader):
     """Delegates to the real loader, then runs the hook on the freshly executed module."""
 
@@ -200,6 +222,8 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "lm_eval.tasks": patch_legacy_task_manager,
     "lmms_eval.tasks": patch_lmms_task_manager,
     "lm_eval.config.evaluate_config": patch_evaluator_config,
+    "lm_eval.utils": patch_make_table,
+    "lmms_eval.utils": patch_make_table,
 }
 
 

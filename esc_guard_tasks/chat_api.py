@@ -12,7 +12,8 @@ completion (not JSON, no ``choices[0].message.content`` string). ``Retry-After``
 key) fail at once. After ``1 + max_retries`` attempts a request fails for good with a
 :class:`ChatAPIError` naming the endpoint, the model and the attempts made; the other requests
 of the batch stop at their next attempt. Header values (the API key) are scrubbed from every
-error and log message.
+error and log message. Every answered request's ``usage`` block is counted in the client's ``tokens``
+meter (a reply without one is counted as sent but unmeasured).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+
+from esc_guard_tasks.usage import TokenCount, UsageMeter
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -114,6 +117,13 @@ def message_content(body: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+class Completion(NamedTuple):
+    """One answered request: the reply text, and its tokens from the server's ``usage`` (None: not given)."""
+
+    text: str
+    tokens: TokenCount | None
+
+
 class ChatCompletionsClient:
     """POSTs JSON payloads to one chat-completions endpoint; ``reply(body)`` turns a response into text.
 
@@ -159,9 +169,14 @@ class ChatCompletionsClient:
         self._reply = reply
         self._sessions: queue.LifoQueue[requests.Session] = queue.LifoQueue()
         self._random = random.Random()
+        self.tokens = UsageMeter()
 
     def complete(self, payloads: Sequence[Mapping[str, Any]]) -> list[str]:
         """One reply text per payload, in order; raises :class:`ChatAPIError` when one fails for good."""
+        return [c.text for c in self.complete_counted(payloads)]
+
+    def complete_counted(self, payloads: Sequence[Mapping[str, Any]]) -> list[Completion]:
+        """One reply per payload with its token count, in order (what ``complete`` returns the text of)."""
         if not payloads:
             return []
         abort = threading.Event()
@@ -189,7 +204,7 @@ class ChatCompletionsClient:
 
     # -- one request -----------------------------------------------------------------------
 
-    def _complete_one(self, payload: Mapping[str, Any], abort: threading.Event) -> str:
+    def _complete_one(self, payload: Mapping[str, Any], abort: threading.Event) -> Completion:
         model = str(payload.get("model", ""))
         attempts, last = 0, "not attempted"
         for attempt in range(self.max_retries + 1):
@@ -197,7 +212,9 @@ class ChatCompletionsClient:
                 break
             attempts = attempt + 1
             try:
-                return self._post(payload)
+                completion = self._post(payload)
+                self.tokens.record([completion.tokens])
+                return completion
             except _FatalError as err:
                 raise ChatAPIError(self.who, self.shown_endpoint, model, attempts, str(err)) from None
             except _RetryableError as err:
@@ -226,7 +243,7 @@ class ChatCompletionsClient:
         ceiling = min(self.max_retry_wait, self.retry_backoff * 2**attempt)
         return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
-    def _post(self, payload: Mapping[str, Any]) -> str:
+    def _post(self, payload: Mapping[str, Any]) -> Completion:
         session = self._session()
         try:
             response = session.post(
@@ -253,7 +270,7 @@ class ChatCompletionsClient:
         text = self._reply(body)
         if text is None:
             raise _RetryableError(self._scrub(f"response has no choices[0].message.content: {str(body)[:200]}"))
-        return text
+        return Completion(text, TokenCount.from_usage_block(body))
 
     def _session(self) -> requests.Session:
         try:

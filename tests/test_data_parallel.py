@@ -83,7 +83,8 @@ def metric_values(run: Run) -> dict[str, float]:
 
 def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, card_dir, judge_args, tmp_path, monkeypatch):
     """--limit 3 over two ranks (2 + 1 dialogues per language, each rank judging its own shard concurrently into one
-    judge cache) gives exactly the single-process transcripts, verdicts and metric values, and does not deadlock."""
+    judge cache) gives exactly the single-process transcripts, verdicts, metric values and token usage, and does not
+    deadlock."""
     args = esc_args(tiny_model, card_dir, judge_args, limit=3)
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache_single"))
     single = run_cli(args, tmp_path / "single")
@@ -102,6 +103,13 @@ def test_two_ranks_with_uneven_shards_equal_one_process(tiny_model, card_dir, ju
     values = metric_values(single)
     assert {"esc_eval/fluency,none", "esc_eval_zh/average,none", "esc_eval_en/invalid_rate,none"} <= set(values)
     assert metric_values(parallel) == pytest.approx(values, rel=1e-12, nan_ok=True)
+
+    # each rank played and judged its own shard; the usage rank 0 writes is the sum over the ranks
+    for task in ("esc_eval_en", "esc_eval_zh"):
+        usage = single.results["configs"][task]["metadata"]["esc_eval"]["usage"]
+        assert usage["supporter"]["requests"] == 3 * 2
+        assert usage["judge"]["requests"] + usage["judge"]["reused"] == 3 * 7
+        assert parallel.results["configs"][task]["metadata"]["esc_eval"]["usage"] == usage
 
 
 def test_a_rank_without_cards_fails_fast_naming_the_fix(tiny_model, card_dir, judge_args, tmp_path):

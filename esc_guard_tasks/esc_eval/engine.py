@@ -29,6 +29,7 @@ from esc_guard_tasks.esc_eval.protocol import (
     supporter_messages,
 )
 from esc_guard_tasks.esc_eval.store import DialogueStore, dialogue_key
+from esc_guard_tasks.usage import RoleUsage, TokenCount
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -42,6 +43,15 @@ class ChatModel(Protocol):
     """
 
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]: ...
+
+
+def token_counts(model: ChatModel, replies: int) -> list[TokenCount | None]:
+    """Per reply of the speaker's last ``generate`` call, its tokens (None: the speaker cannot tell).
+
+    A speaker may keep ``last_token_counts`` (from an API's ``usage`` or its own tokenizer); the engine
+    records them with each turn, so a run can say what each role cost."""
+    counts = getattr(model, "last_token_counts", None)
+    return list(counts) if counts is not None and len(counts) == replies else [None] * replies
 
 
 def prompt_truncation(model: ChatModel, conversations: Sequence[list[Message]]) -> list[bool | None]:
@@ -149,7 +159,11 @@ class DialogueEngine:
         replies = model.generate(views, [turn_seed(seed, turn) for seed in seeds])
         if len(replies) != len(transcripts):
             raise RuntimeError(f"the {speaker} returned {len(replies)} replies for {len(transcripts)} dialogues")
-        new = [Turn(speaker, reply.strip(), cut) for reply, cut in zip(replies, truncated, strict=True)]
+        counts = token_counts(model, len(replies))
+        new = [
+            Turn(speaker, reply.strip(), cut, RoleUsage.of([count]))
+            for reply, cut, count in zip(replies, truncated, counts, strict=True)
+        ]
         for transcript, t in zip(transcripts, new, strict=True):
             transcript.turns.append(t)
         if self.store is not None:

@@ -14,6 +14,8 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
+from esc_guard_tasks.usage import RoleUsage
+
 Language = Literal["en", "zh"]
 Speaker = Literal["seeker", "supporter"]
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
@@ -59,6 +61,9 @@ class Turn:
     # Whether the speaker's harness cut this turn's prompt from the left to fit its context budget
     # (None: not measured, e.g. an API backend, which does not say).
     prompt_truncated: bool | None = None
+    # What generating this turn cost in this run (one request; None: not generated in this run, e.g. resumed
+    # from the dialogue store). Not part of the dialogue: ignored by equality and left out of its JSON.
+    usage: RoleUsage | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -77,6 +82,12 @@ class Transcript:
     @property
     def rounds(self) -> int:
         return sum(t.speaker == "supporter" for t in self.turns)
+
+    def usage(self, speaker: Speaker) -> RoleUsage:
+        """What one speaker's turns cost in this run; turns not generated in it (resumed) count as ``reused``."""
+        turns = [t for t in self.turns if t.speaker == speaker]
+        sent = sum((t.usage for t in turns if t.usage is not None), RoleUsage())
+        return sent + RoleUsage(reused=sum(t.usage is None for t in turns))
 
     def reference_lines(self) -> list[str]:
         """The reference's transcript format: prefixed strings, greeting first (11 for 5 rounds)."""
@@ -107,6 +118,7 @@ class Transcript:
     def to_json(self) -> str:
         data = asdict(self)
         for turn in data["turns"]:
+            del turn["usage"]
             if turn["prompt_truncated"] is None:  # not measured: the turn reads as the reference records it
                 del turn["prompt_truncated"]
         return json.dumps(data, ensure_ascii=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from esc_guard_tasks.judges.args import parse_kv, parse_pairs, public_args
+from esc_guard_tasks.usage import check_prices
 
 ENV_PREFIX = "ESC_EVAL_"
 
@@ -54,6 +55,9 @@ class ESCSettings:
     # The SQLite file finished turns are persisted to (resume after a crash); None: the
     # default file in the cache folder; "none": no persistence.
     dialogue_store: str | None = None
+    # Per role (role_player, supporter, judge): [prompt, completion] price per million tokens; the run then
+    # records and prints its estimated cost. No built-in price list: prices change, and differ per provider.
+    prices: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def from_sources(cls, metadata: Mapping[str, Any], environ: Mapping[str, str]) -> ESCSettings:
@@ -120,6 +124,7 @@ class ESCSettings:
             "data_dir": self.data_dir,
             "role_player": self.role_player_identity(),
             "judge": self.judge_identity(),
+            "prices": self.prices,
         }
 
 
@@ -168,6 +173,8 @@ def _checked(key: str, value: Any) -> Any:
         return ",".join(f"{k}={v}" for k, v in _pairs(value).items())
     if key == "role_model":
         return _registered_model(checks.text(value))
+    if key == "prices":
+        return check_prices(_pairs(value))
     if key == "judge":
         return checks.choice(*JUDGES)(value)
     if key == "judge_backend":

@@ -22,7 +22,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from esc_guard_tasks.chat_api import ChatCompletionsClient, message_content
+from esc_guard_tasks.chat_api import ChatCompletionsClient, Completion, message_content
 
 RETRY_BACKOFF = 1.0
 MAX_RETRY_WAIT = 60.0
@@ -62,7 +62,8 @@ class ChatAPISpeaker:
             return None
         return self.lm.parse_generations(outputs=body)[0]
 
-    def generate_until(self, requests: Sequence[Any]) -> list[str]:
+    def generate_until(self, requests: Sequence[Any]) -> list[Completion]:
+        """Each request's reply with the server's token count (its ``usage`` block), in order."""
         lm = self.lm
         payloads = [
             lm._create_payload(
@@ -74,4 +75,4 @@ class ChatAPISpeaker:
             )
             for context, kwargs in (r.args[:2] for r in requests)
         ]
-        return self.client.complete(payloads)
+        return self.client.complete_counted(payloads)

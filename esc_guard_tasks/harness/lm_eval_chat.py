@@ -21,8 +21,9 @@ from typing import Any, Literal
 from esc_guard_tasks.esc_eval.protocol import Message
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv
 from esc_guard_tasks.harness.lm_eval_api import ChatAPISpeaker, is_chat_api
-from esc_guard_tasks.harness.lm_eval_context import truncated_prompts
+from esc_guard_tasks.harness.lm_eval_context import tokenizer_counts, truncated_prompts
 from esc_guard_tasks.hub import naming_the_model
+from esc_guard_tasks.usage import TokenCount
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -71,6 +72,8 @@ class LMEvalChatModel:
             until = list(self.gen_kwargs.get("until") or [])
             self.gen_kwargs["until"] = [*until, "\nUser:"]
         self._quiet = "disable_tqdm" in inspect.signature(lm.generate_until).parameters
+        # per reply of the last generate call: the API's usage, else the model's tokenizer (see the engine)
+        self.last_token_counts: list[TokenCount | None] = []
         # lm-eval's chat-completions backends go through the package's retrying client (see lm_eval_api)
         self._api = ChatAPISpeaker(lm) if is_chat_api(lm) else None
 
@@ -89,19 +92,21 @@ class LMEvalChatModel:
         from lm_eval.api.instance import Instance
 
         requests = []
-        for messages, seed in zip(conversations, seeds, strict=True):
+        contexts = [self._context(messages) for messages in conversations]
+        for context, seed in zip(contexts, seeds, strict=True):
             kwargs = copy.deepcopy(self.gen_kwargs)
             if self.seeding == "request":
                 kwargs["seed"] = seed
-            requests.append(
-                Instance(request_type="generate_until", doc={}, arguments=(self._context(messages), kwargs), idx=0)
-            )
+            requests.append(Instance(request_type="generate_until", doc={}, arguments=(context, kwargs), idx=0))
         if self.seeding == "global":
             seed_everything(zlib.crc32(json.dumps(list(seeds)).encode()))
         if self._api is not None:
-            return self._api.generate_until(requests)
-        replies = self.lm.generate_until(requests, **({"disable_tqdm": True} if self._quiet else {}))
-        return [str(r) for r in replies]
+            completions = self._api.generate_until(requests)
+            self.last_token_counts = [c.tokens for c in completions]
+            return [c.text for c in completions]
+        replies = [str(r) for r in self.lm.generate_until(requests, **({"disable_tqdm": True} if self._quiet else {}))]
+        self.last_token_counts = tokenizer_counts(self.lm, contexts, replies, self.gen_kwargs)
+        return replies
 
 
 def seed_everything(seed: int) -> None:
@@ -180,6 +185,10 @@ class RolePlayerChat:
 
     def generate(self, conversations: Sequence[list[Message]], seeds: Sequence[int]) -> list[str]:
         return self._loaded().generate(conversations, seeds)
+
+    @property
+    def last_token_counts(self) -> list[TokenCount | None]:
+        return self._chat.last_token_counts if self._chat is not None else []
 
 
 def _device_of(lm: Any) -> str:

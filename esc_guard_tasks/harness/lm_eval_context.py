@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from esc_guard_tasks.esc_eval.protocol import Speaker, Transcript
+from esc_guard_tasks.usage import TokenCount
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 SPEAKER_NAMES: dict[Speaker, str] = {"supporter": "supporter (--model)", "seeker": "role-player"}
@@ -73,6 +74,24 @@ def truncated_prompts(lm: Any, contexts: Sequence[Any], gen_kwargs: Mapping[str,
     if budget is None:
         return [None] * len(contexts)
     return [prompt_tokens(lm, context) > budget for context in contexts]
+
+
+def tokenizer_counts(
+    lm: Any, contexts: Sequence[Any], replies: Sequence[str], gen_kwargs: Mapping[str, Any]
+) -> list[TokenCount | None]:
+    """Per request, the tokens an hf/vLLM backend was sent (the prompt as encoded, cut to the budget) and the
+    reply re-encoded by its tokenizer (a cut stop sequence and the end token are not in the reply); None for
+    every request of a backend without a tokenizer here."""
+    budget = context_budget(lm, gen_kwargs)
+    tokenizer = getattr(unwrap(lm), "tokenizer", None)
+    if budget is None or tokenizer is None:
+        return [None] * len(contexts)
+    return [
+        TokenCount(
+            min(prompt_tokens(lm, context), budget), len(tokenizer(reply, add_special_tokens=False)["input_ids"])
+        )
+        for context, reply in zip(contexts, replies, strict=True)
+    ]
 
 
 def report_truncation(transcripts: Sequence[Transcript], backends: Mapping[Speaker, str]) -> None:

@@ -36,8 +36,12 @@ from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat
 from esc_guard_tasks.harness.lm_eval_context import report_truncation
 from esc_guard_tasks.harness.lm_eval_preflight import check_files
 from esc_guard_tasks.metrics.esc_eval import OverCards, card_clusters, mean_of_dimensions
+from esc_guard_tasks.usage import RoleUsage, usage_line, usage_of, usage_record
 
 REQUEST_TYPE = "esc_dialogue"
+# Each request's token usage per speaker, left on its Instance by esc_dialogue for the task to sum.
+DIALOGUE_USAGE = "esc_eval_usage"
+SPEAKER_ROLES: dict[str, Speaker] = {"role_player": "seeker", "supporter": "supporter"}
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 # Written into the results of every llm_rubric run and logged once (numbers: the paper's Table 4, EN/ZH).
 LLM_RUBRIC_NOTE = (
@@ -135,16 +139,36 @@ class ESCEvalTask(ConfigurableTask):
         return public_args({k: v for k, v in (self.config.metadata or {}).items() if k not in own})
 
     def apply_filters(self) -> None:
-        """After the dialogues: judge all of this task's transcripts in one batched pass.
+        """After the dialogues: judge all of this task's transcripts in one batched pass, and record the tokens
+        each role used (``configs.<task>.metadata.esc_eval.usage``).
 
-        Skipped for ``judge=none`` and ``--predict_only`` (its 'bypass' metric), so no
+        Judging is skipped for ``judge=none`` and ``--predict_only`` (its 'bypass' metric), so no
         judge is ever loaded then. Each filtered response becomes
         ``{"transcript": …, "verdicts": […]}`` (JSON), which ``--log_samples`` keeps.
         """
         super().apply_filters()
-        if self.settings.judge == "none" or "bypass" in self._metric_fn_list:
-            return
-        judge = get_judge(self.settings)
+        usage = {role: self._dialogue_usage(speaker) for role, speaker in SPEAKER_ROLES.items()}
+        if self.settings.judge != "none" and "bypass" not in self._metric_fn_list:
+            judge = get_judge(self.settings)
+            before = usage_of(judge)
+            self._judge(judge)
+            usage["judge"] = usage_of(judge) - before
+        # tokens per role, printed after the results table too (see esc_guard_tasks.usage)
+        record = usage_record(summed_over_ranks(usage), self.settings.prices)
+        self.config.metadata["esc_eval"]["usage"] = record
+        log.info("ESC-Eval %s", usage_line(self.config.task, record))
+
+    def _dialogue_usage(self, speaker: Speaker) -> RoleUsage:
+        """One speaker's usage over this task's dialogues; a dialogue played elsewhere (lm-eval's ``--use_cache``
+        answered it) counts all its turns of that speaker as re-used."""
+        total = RoleUsage()
+        for instance in self._instances:
+            played = getattr(instance, DIALOGUE_USAGE, None)
+            total += played[speaker] if played is not None else RoleUsage(reused=self.settings.rounds)
+        return total
+
+    def _judge(self, judge: Any) -> None:
+        """All of this task's transcripts in one batched pass per filter."""
         if self.settings.judge == "llm_rubric" and "llm_rubric" not in _NOTED:
             _NOTED.add("llm_rubric")
             log.warning("ESC-Eval %s", LLM_RUBRIC_NOTE)
@@ -169,6 +193,18 @@ class ESCEvalTask(ConfigurableTask):
         return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, {}), idx=0, metadata=kwargs["metadata"])
 
 
+def summed_over_ranks(usage: dict[str, RoleUsage]) -> dict[str, RoleUsage]:
+    """Under data parallelism each rank plays and judges its own shard; rank 0 writes the results, so the
+    usage there must be every rank's. Every rank runs ``apply_filters`` for every task in the same order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return usage
+    shards: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, {role: u.to_dict() for role, u in usage.items()})
+    return {role: sum((RoleUsage.from_dict(s[role]) for s in shards), RoleUsage()) for role in usage}
+
+
 def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
     """Run every requested dialogue; returns each transcript as JSON, in request order.
 
@@ -186,6 +222,8 @@ def esc_dialogue(lm: Any, requests: Sequence[Instance]) -> list[str]:
             transcripts = _run_dialogues(lm, [requests[i] for i in indices])
             for i, transcript in zip(indices, transcripts, strict=True):
                 results[i] = transcript.to_json()
+                # read back by the task (the same Instance objects): the dialogue JSON stays the dialogue
+                setattr(requests[i], DIALOGUE_USAGE, {s: transcript.usage(s) for s in SPEAKER_ROLES.values()})
     finally:
         release_role_players()
     return results

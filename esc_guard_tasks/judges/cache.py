@@ -21,6 +21,7 @@ from typing import Any
 from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.judges.base import JudgeBackend, JudgeRequest, JudgeStats
 from esc_guard_tasks.sqlite_files import SQLiteFile, check_file, open_checked
+from esc_guard_tasks.usage import RoleUsage, UsageMeter
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -63,6 +64,7 @@ class CachedJudge:
         self._lock = threading.Lock()
         self._db = open_checked(self.path, CACHE_FILE, check_same_thread=False)
         self.stats = JudgeStats()
+        self.reused = UsageMeter()  # replies not sent (from the cache, or a repeat): no tokens counted
 
     def identity(self) -> dict[str, Any]:
         return self.backend.identity()
@@ -73,10 +75,12 @@ class CachedJudge:
         with self._lock:
             found = dict(self._lookup(keys))
         hits = sum(key in found for key in keys)
+        sent = 0
         for chunk in self._chunks(requests):
             missing = list({keys[i]: i for i in chunk if keys[i] not in found}.values())
             if not missing:
                 continue
+            sent += len(missing)
             replies = self.backend.complete([requests[i] for i in missing])
             fresh = dict(zip([keys[i] for i in missing], replies, strict=True))
             with self._lock, self._db:  # one transaction per chunk
@@ -84,6 +88,7 @@ class CachedJudge:
             found.update(fresh)
         self.stats.requests += len(requests)
         self.stats.cache_hits += hits
+        self.reused.add(RoleUsage(reused=len(requests) - sent))  # cache hits and repeats within the batch
         if hits:
             log.info("Judge cache %s: %d of %d replies re-used", self.path, hits, len(requests))
         return [found[key] for key in keys]

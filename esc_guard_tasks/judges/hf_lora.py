@@ -15,7 +15,8 @@ from typing import Any
 
 from esc_guard_tasks.hub import naming_the_model
 from esc_guard_tasks.judges.base import JudgeRequest
-from esc_guard_tasks.judges.tokens import cut_at, label_token_ids, prompt_ids
+from esc_guard_tasks.judges.tokens import cut_at, generated_length, label_token_ids, prompt_ids
+from esc_guard_tasks.usage import TokenCount, UsageMeter
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 SCORE_MODES = ("generate", "logits")
@@ -84,6 +85,7 @@ class HFLoraJudge:
             - {self.tokenizer.unk_token_id}
         )
         self._label_ids: list[int] | None = None
+        self.tokens = UsageMeter()
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -105,9 +107,10 @@ class HFLoraJudge:
             with self._adapter(adapter):
                 for start in range(0, len(order), self.batch_size):
                     batch = order[start : start + self.batch_size]
-                    outputs = self._run([encoded[i] for i in batch])
+                    outputs, generated = self._run([encoded[i] for i in batch])
                     for i, reply in zip(batch, outputs, strict=True):
                         replies[i] = reply
+                    self.tokens.record(TokenCount(len(encoded[i]), n) for i, n in zip(batch, generated, strict=True))
         return replies
 
     def _adapter(self, name: str):
@@ -120,11 +123,12 @@ class HFLoraJudge:
         self.model.set_adapter(name)
         return contextlib.nullcontext()
 
-    def _run(self, batch: list[list[int]]) -> list[str]:
+    def _run(self, batch: list[list[int]]) -> tuple[list[str], list[int]]:
+        """The replies, and how many tokens each one generated (logits mode: the one label token read)."""
         import torch
 
         if self.score_mode == "logits":
-            return self._read_labels(batch)
+            return self._read_labels(batch), [1] * len(batch)
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             generated = self.model.generate(
@@ -136,7 +140,9 @@ class HFLoraJudge:
             )
         new_tokens = generated[:, padded["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [cut_at(text, self.stop_strings) for text in texts]
+        return [cut_at(text, self.stop_strings) for text in texts], [
+            generated_length(row, self.eos_ids) for row in new_tokens.tolist()
+        ]
 
     def _read_labels(self, batch: list[list[int]]) -> list[str]:
         """The most likely score label after each prompt, from one forward pass.

@@ -78,6 +78,7 @@ class OpenAIChatJudge:
             retry_backoff=retry_backoff,
             max_retry_wait=max_retry_wait,
         )
+        self.tokens = self._client.tokens  # the server's usage blocks, for the run's token report
         self._identity = {
             "backend": "openai",
             "base_url": without_credentials(self._client.endpoint),

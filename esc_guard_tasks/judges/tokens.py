@@ -39,3 +39,12 @@ def label_token_ids(tokenizer: Any, prompt: list[int], labels: Sequence[str]) ->
     if len(set(ids)) != len(ids):
         raise ValueError(f"score_mode=logits needs distinct label tokens; got {ids} for {list(labels)}")
     return ids
+
+
+def generated_length(row: Sequence[int], eos_ids: Sequence[int]) -> int:
+    """Tokens one row of a batched ``generate`` really produced: up to and including its first end token
+    (what follows is padding)."""
+    for index, token in enumerate(row):
+        if token in eos_ids:
+            return index + 1
+    return len(row)

@@ -21,6 +21,7 @@ from typing import Any
 
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.judges.tokens import cut_at, label_token_ids, prompt_ids
+from esc_guard_tasks.usage import TokenCount, UsageMeter
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 SCORE_MODES = ("generate", "logits")
@@ -134,6 +135,7 @@ class VLLMLoraJudge:
             - {self.tokenizer.unk_token_id, None}
         )
         self._label_ids: list[int] | None = None
+        self.tokens = UsageMeter()  # shared with with_options() copies: one engine, one count
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -181,6 +183,7 @@ class VLLMLoraJudge:
                 skip_special_tokens=True,
             )
         outputs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        self.tokens.record(TokenCount(len(out.prompt_token_ids), len(out.outputs[0].token_ids)) for out in outputs)
         if self.score_mode == "logits":
             by_id = dict(zip(label_ids, self.labels, strict=True))
             return [by_id[out.outputs[0].token_ids[0]] for out in outputs]
