@@ -261,15 +261,26 @@ def _trials_lines(trials: dict[str, Any] | None) -> list[str]:
         " here: every dialogue is judged) triple. Both speakers decode greedily here, so every trial's turns are as"
         " long as trial 0's; with the sampled help-seeker of a real run they vary.",
         "",
-        "| trials | dialogues | `generate` calls | generated token slots | s | × trials=1 s | RSS Δ MB | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trials | dialogues | `generate` calls | generated token slots | tokens in / out (role-player) |"
+        " tokens in / out (supporter) | s | × trials=1 s | RSS Δ MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in (one, *more):
+        tokens = [
+            f"{row['prompt_tokens'][s]:,} / {row['completion_tokens'][s]:,}" if "prompt_tokens" in row else "–"
+            for s in ("seeker", "supporter")
+        ]
         lines.append(
             f"| {row['trials']} | {row['dialogues']} | {row['generate_calls']} | {row['generated_token_slots']} | "
-            f"{row['seconds']:.2f} | {row['seconds'] / one['seconds']:.2f}× | {row['rss_delta_mb']:.0f} | "
-            f"{row['load_before']:.1f} |"
+            f"{tokens[0]} | {tokens[1]} | {row['seconds']:.2f} | {row['seconds'] / one['seconds']:.2f}× | "
+            f"{row['rss_delta_mb']:.0f} | {row['load_before']:.1f} |"
         )
+    lines += [
+        "",
+        "The token columns are what the run records as its usage (`configs.<task>.metadata.esc_eval.usage`), counted"
+        " by the model's tokenizer: what an API would bill per role. With prices per million tokens (`prices`"
+        " setting), the cost grows with them.",
+    ]
     return [*lines, ""]
 
 

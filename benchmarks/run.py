@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import dialogue, fixtures, judges
 from benchmarks.measure import measure
+from esc_guard_tasks.usage import RoleUsage
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -100,12 +101,16 @@ def _trials(path: Path, n: int, settings: dialogue.DialogueSettings) -> dict[str
         runs = [measure(lambda t=trials: dialogue.run_engine_recorded(lm, cards, settings, t)) for _ in range(2)]
         recorded, timed = min(runs, key=lambda m: m[1].seconds)
         slots = sum(call.new_tokens * call.inputs["input_ids"].shape[0] for call in recorded.calls)
+        # what the run records as usage (esc_eval metadata): each speaker's tokens, counted by its tokenizer
+        usage = {s: sum((t.usage(s) for t in recorded.transcripts), RoleUsage()) for s in ("seeker", "supporter")}
         rows.append(
             {
                 "trials": trials,
                 "dialogues": len(recorded.transcripts),
                 "generate_calls": len(recorded.calls),
                 "generated_token_slots": slots,
+                "prompt_tokens": {s: u.prompt_tokens for s, u in usage.items()},
+                "completion_tokens": {s: u.completion_tokens for s, u in usage.items()},
                 **timed.as_dict(),
             }
         )

@@ -169,13 +169,30 @@ def usage_line(task: str, record: Mapping[str, Any]) -> str:
     return f"{task}: tokens " + " · ".join(parts)
 
 
-def usage_lines(results: Mapping[str, Any]) -> list[str]:
-    """One line per task of a results file whose metadata records usage (``metadata.<benchmark>.usage``)."""
-    lines = []
+def recorded_usage(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Per task of a results file, the usage its metadata records (``configs.<task>.metadata.<benchmark>.usage``)."""
+    found: dict[str, Mapping[str, Any]] = {}
     configs = results.get("configs") or {}
     for task in results.get("results") or {}:
         metadata = (configs.get(task) or {}).get("metadata") or {}
         for entry in metadata.values() if isinstance(metadata, Mapping) else ():
             if isinstance(entry, Mapping) and isinstance(entry.get("usage"), Mapping):
-                lines.append(usage_line(task, entry["usage"]))
-    return lines
+                found[task] = entry["usage"]
+    return found
+
+
+def usage_lines(results: Mapping[str, Any]) -> list[str]:
+    """One printable line per task that records usage."""
+    return [usage_line(task, record) for task, record in recorded_usage(results).items()]
+
+
+def usage_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per task and role, for the report's table: the counts, and the estimated cost when priced."""
+    rows = []
+    for task, record in recorded_usage(results).items():
+        cost = record.get("cost") or {}
+        for role in ROLES:
+            if role in record:
+                row = {"task": task, "role": role} | RoleUsage.from_dict(record[role]).to_dict()
+                rows.append(row | {"est. cost": cost.get(role)})
+    return rows

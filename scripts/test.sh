@@ -19,9 +19,14 @@ case "${1:-}" in
 esac
 
 scripts/setup.sh --test
+# The main suite on every core (pytest-xdist), a test file per worker: its tests share their module fixtures
+# (tiny models, one harness run read by several tests); tests run single-threaded (tests/conftest.py).
+# At most 4 workers: each holds its own torch and tiny models in memory.
+workers=$(nproc); [ "$workers" -le 4 ] || workers=4
+XDIST=(-n "$workers" --dist loadfile)
 if [ "$quick" = 1 ]; then
     echo "scripts/test.sh --quick: main venv, not slow, no browser install (the report's browser tests skip if Chromium is absent)" >&2
-    ESC_GUARD_BROWSER_REQUIRED=0 exec .venv/bin/pytest -m "not slow"
+    ESC_GUARD_BROWSER_REQUIRED=0 exec .venv/bin/pytest -m "not slow" "${XDIST[@]}"
 fi
 
 # Headless Chromium (Debian's package) for the HTML report's browser tests; once installed they must run.
@@ -36,7 +41,7 @@ else
     fi
     export ESC_GUARD_BROWSER_REQUIRED=1
 fi
-.venv/bin/pytest
+.venv/bin/pytest "${XDIST[@]}"
 
 scripts/setup_vllm.sh
 .venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py tests/test_data_parallel.py

@@ -544,6 +544,27 @@ def test_guardrank_identity_names_the_fixture_weights(guardrank_run, guardrank_w
     )
 
 
+def test_guardrank_usage_counts_the_inputs_the_classifiers_read(guardrank_run, guardrank_weights):
+    """Each judged task records its judge's usage: one request per answer, prompt tokens = every classifier input
+    as the classifier's own tokenizer encodes it (truncated to the reference length), no completion tokens (a
+    classifier generates none), nothing re-used (a fresh cache); the line is printed after the results table."""
+    from transformers import AutoTokenizer
+
+    from esc_guard_tasks.mllmguard.guardrank import reference_constants
+    from esc_guard_tasks.usage import RoleUsage, usage_line
+
+    w = guardrank_weights
+    parts = {"privacy": ("decoder", w.llama, "Dimension: privacy "), "hallucination": ("encoder", w.roberta, "")}
+    for config, (kind, base, prefix) in parts.items():
+        records = guardrank_run.records(config)
+        texts = [f"{prefix}Prompt: {r['prompt']} Answer: {r['response']}" for r in records]
+        limit = reference_constants()[kind]["max_length_tokens"]
+        ids = AutoTokenizer.from_pretrained(base)(texts, max_length=limit, truncation=True)["input_ids"]
+        record = guardrank_run.results["configs"][TASKS[config]]["metadata"]["mllmguard"]["usage"]
+        assert record["judge"] == RoleUsage(sum(map(len, ids)), 0, len(records)).to_dict()
+        assert usage_line(TASKS[config], record) in guardrank_run.stdout
+
+
 LLM_JUDGE_MODEL = "loopback-judge"
 # (config, the judge's reply) → the score a strict reading gives: one allowed digit, optionally "Score: N" or a
 # trailing period; anything else (prose, a digit outside the dimension's scale) is invalid (None), never 0.
@@ -770,6 +791,25 @@ def evaluate_in_process(model_dir: Path, tasks: list[str], data: Path, monkeypat
     return evaluator.simple_evaluate(
         model=model, tasks=tasks, task_manager=manager, log_samples=True, gen_kwargs="max_new_tokens=1"
     )
+
+
+def test_llm_judge_tokens_are_the_servers_usage_blocks(llm_run):
+    """With an API judge, the judge's usage the tasks record sums to the ``usage`` blocks the server answered
+    with, one request per judged answer."""
+    from loopback_server import chat_completion
+
+    from esc_guard_tasks.usage import RoleUsage
+
+    expected = RoleUsage()
+    for body in llm_run.bodies:
+        user = body["messages"][-1]["content"]
+        _, text = _llm_reply(user.split("<prompt>\n", 1)[1].split("\n</prompt>", 1)[0])
+        sent = chat_completion(body, text)["usage"]
+        expected += RoleUsage(sent["prompt_tokens"], sent["completion_tokens"], 1)
+    configs = llm_run.run.results["configs"]
+    recorded = [configs[TASKS[c]]["metadata"]["mllmguard"]["usage"]["judge"] for c in JUDGED_TASKS]
+    assert sum((RoleUsage.from_dict(r) for r in recorded), RoleUsage()) == expected
+    assert expected.requests == len(llm_run.bodies) > 0
 
 
 def test_judge_runs_once_per_task_over_all_answers_after_the_model_is_freed(tiny_llava, mllmguard_data, monkeypatch):

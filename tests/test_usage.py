@@ -224,3 +224,53 @@ def test_the_hf_judge_counts_its_prompt_and_generated_tokens(tiny_model: Path):
     assert usage_of(cached) == RoleUsage.of(expected)
     cached.complete(requests)
     assert usage_of(cached) == RoleUsage.of(expected) + RoleUsage(reused=len(requests))
+
+
+def test_the_report_table_and_page_show_the_recorded_usage(tmp_path: Path):
+    """``report table`` adds a table of tokens per task and role (with the estimated cost when the run had
+    prices) after the scores, and the HTML page a section with the same numbers; a run without usage gets
+    neither."""
+    from report_fixtures import esc_row, write_run
+
+    from esc_guard_tasks.report.html import build_report
+    from esc_guard_tasks.report.runs import load_runs
+    from esc_guard_tasks.report.table import USAGE_CAPTION, leaderboard
+    from esc_guard_tasks.usage import usage_record
+
+    usage = {
+        "role_player": RoleUsage(1234, 56, 8),
+        "supporter": RoleUsage(2345, 67, 8, 2),
+        "judge": RoleUsage(reused=56),
+    }
+    record = usage_record(usage, {"supporter": [2.0, 8.0]})
+    with_usage, _ = write_run(tmp_path / "a", "model-a", {"esc_eval_en": esc_row({"fluency": 50.0})})
+    results = json.loads(with_usage.read_text("utf-8"))
+    results["configs"]["esc_eval_en"]["metadata"] = {"esc_eval": {"usage": record}}
+    with_usage.write_text(json.dumps(results), "utf-8")
+    without, _ = write_run(tmp_path / "b", "model-b", {"esc_eval_en": esc_row({"fluency": 60.0})})
+
+    text = leaderboard(load_runs([with_usage]), "csv")
+    assert "model,task,role,prompt_tokens,completion_tokens,requests,unmeasured,reused,est. cost" in text
+    assert "esc_eval_en,supporter,2345,67,8,2,0,0.01" in text  # (2345 * 2 + 67 * 8) / 1e6, two decimals
+    assert "esc_eval_en,judge,0,0,0,0,56," in text
+    assert USAGE_CAPTION not in leaderboard(load_runs([without]), "markdown")
+
+    page = build_report(load_runs([with_usage, without]))
+    assert "Tokens per role" in page and "2,345" in page and "1,234" in page
+    assert "Tokens per role" not in build_report(load_runs([without]))
+
+
+def test_mllmguard_prices_come_from_metadata_or_the_environment_and_bad_ones_name_their_source():
+    """MLLMGuard's ``prices`` is the judge's [prompt, completion] per million tokens, from the task metadata or
+    MLLMGUARD_PRICES (JSON); any other role or shape is an error naming where it came from."""
+    from esc_guard_tasks.mllmguard.settings import TaskSettings
+
+    settings = TaskSettings.resolve("mllmguard_privacy", "privacy", {"prices": {"judge": [1, 2]}}, {})
+    assert settings.price_table == {"judge": [1.0, 2.0]}
+    from_env = TaskSettings.resolve("mllmguard_privacy", "privacy", {}, {"MLLMGUARD_PRICES": '{"judge": [3, 4.5]}'})
+    assert from_env.price_table == {"judge": [3.0, 4.5]}
+    assert TaskSettings.resolve("mllmguard_privacy", "privacy", {}, {}).price_table == {}
+    with pytest.raises(ValueError, match="MLLMGUARD_PRICES: prices: unknown role 'supporter'"):
+        TaskSettings.resolve("mllmguard_privacy", "privacy", {}, {"MLLMGUARD_PRICES": '{"supporter": [1, 2]}'})
+    with pytest.raises(ValueError, match="metadata 'prices' of mllmguard_privacy"):
+        TaskSettings.resolve("mllmguard_privacy", "privacy", {"prices": "[1, 2]"}, {})

@@ -49,6 +49,7 @@ from esc_guard_tasks.mllmguard.taxonomy import (
     subtask_slug,
     task_name,
 )
+from esc_guard_tasks.usage import usage_line, usage_record
 
 REQUEST_TYPE = "mllmguard_generate"
 # The leaves of mllmguard.yaml in the order lmms-eval hands their values to the group (its `task` list, depth first).
@@ -206,6 +207,10 @@ class MLLMGuardTask(ConfigurableMessagesTask):
             for response in instance.filtered_resps.values()
         ]
         self.scorer.judge(answers)
+        if self.scorer.usage is not None:  # the judge's tokens (the answers' are lmms-eval's own token_counts)
+            record = usage_record({"judge": self.scorer.usage}, self.settings.price_table)
+            self.config.metadata["mllmguard"]["usage"] = record
+            eval_logger.info(f"MLLMGuard {usage_line(self.config.task, record)}")
 
     def process_results(self, doc: Mapping[str, Any], results: list[Any], full_docs: Any = None) -> dict[str, Any]:
         """The doc's record (with its verdict) for ``judge`` and ``see 'judge'`` for its other rows."""

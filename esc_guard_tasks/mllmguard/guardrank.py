@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from esc_guard_tasks.mllmguard.taxonomy import JUDGED_CONFIGS, OPEN_CONFIGS, RULE_CONFIGS
+from esc_guard_tasks.usage import TokenCount, UsageMeter
 
 log = logging.getLogger("lm_eval.esc_guard_tasks")
 
@@ -210,6 +211,7 @@ class _BatchedClassifier:
         self.batch_size = int(batch_size)
         check_options(batch_size=self.batch_size)
         self._lock = threading.Lock()
+        self.tokens = UsageMeter()  # input tokens read (a classifier generates none)
         return ref
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -221,6 +223,7 @@ class _BatchedClassifier:
         import torch
 
         encoded = self.encode(texts)
+        self.tokens.record(TokenCount(len(ids), 0) for ids in encoded)
         out = torch.zeros(len(encoded), self.num_labels, dtype=torch.float32)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         with self._lock, torch.inference_mode():

@@ -28,6 +28,7 @@ from esc_guard_tasks.mllmguard.taxonomy import (
     compose,
     subtask_slug,
 )
+from esc_guard_tasks.usage import RoleUsage
 
 SEE_RECORD = f"see '{CARRIER}'"
 # doc fields copied into the record (the judge reads prompt/response/config; the metrics item_id/variant/…)
@@ -139,6 +140,8 @@ class TaskScorer:
     verdicts: dict[str, tuple[str, judges.Verdict]] = field(default_factory=dict)
     records: list[dict[str, Any]] | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    # what judging this task sent and re-used (None: not judged, or a judge that sends nothing)
+    usage: RoleUsage | None = None
 
     @classmethod
     def for_settings(cls, settings: TaskSettings, **kwargs: Any) -> TaskScorer:
@@ -158,7 +161,12 @@ class TaskScorer:
             return
         records = list({doc["query_id"]: make_record(doc, answer) for doc, answer in answers}.values())
         self._say("info", f"judging {len(records)} answers in one batch")
+        judge = judges.get_judge(self.settings.judge_settings)  # built once per process: the one judging below
+        before = judge.usage()
         verdicts = judges.judge_verdicts(records, settings=self.settings.judge_settings)
+        after = judge.usage()
+        if before is not None and after is not None:
+            self.usage = after - before
         if len(verdicts) != len(records):
             raise RuntimeError(f"MLLMGuard judge returned {len(verdicts)} verdicts for {len(records)} answers")
         self.verdicts = {r["query_id"]: (r["response"], v) for r, v in zip(records, verdicts, strict=True)}

@@ -9,11 +9,13 @@ Settings: ``data_dir`` (``MLLMGUARD_DATA_DIR``), ``split`` (``MLLMGUARD_SPLIT``:
 ``on_unpaired`` (``MLLMGUARD_ON_UNPAIRED``: ``exclude``/``error``), ``judge``/``judge_args``
 (``MLLMGUARD_JUDGE``/``MLLMGUARD_JUDGE_ARGS``, see :mod:`esc_guard_tasks.mllmguard.judges`), ``demo`` (metadata
 only, the ``mllmguard_demo*`` tasks: ``true`` reads the project's DEMO DATA of :mod:`esc_guard_tasks.mllmguard.demo`
-instead of ``data_dir``).
+instead of ``data_dir``), ``prices`` (``MLLMGUARD_PRICES``: ``{"judge": [prompt, completion]}`` per million
+tokens; the results then carry the judge's estimated cost).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -21,6 +23,7 @@ from typing import Any
 
 from esc_guard_tasks.mllmguard import judges
 from esc_guard_tasks.mllmguard.data import DATA_DIR_ENV, HUB_REVISION, SPLITS, normalize_config
+from esc_guard_tasks.usage import check_prices
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": None,
@@ -50,9 +53,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 JUDGE_KEYS = ("judge", "judge_args")
 DEMO_KEY = "demo"
+# the judge's [prompt, completion] price per million tokens: the run records its estimated cost
+PRICES_KEY, PRICES_ENV = "prices", "MLLMGUARD_PRICES"
 # metadata keys that are not settings: lmms-eval's task version, and what the task writes back for the results
 RESERVED_KEYS = ("version", "mllmguard")
-KNOWN_KEYS = (*DEFAULTS, *JUDGE_KEYS, DEMO_KEY, *RESERVED_KEYS)
+KNOWN_KEYS = (*DEFAULTS, *JUDGE_KEYS, DEMO_KEY, PRICES_KEY, *RESERVED_KEYS)
 
 
 def _empty(value: Any) -> bool:
@@ -63,6 +68,24 @@ def _check_text(key: str, value: Any, source: str) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ValueError(f"MLLMGuard {source}: {key} must be a non-empty text, got {value!r}")
     return str(value)
+
+
+def _prices(task: str, metadata: Mapping[str, Any], environ: Mapping[str, str]) -> tuple:
+    """``{"judge": [prompt, completion]}`` per million tokens, from the metadata or ``MLLMGUARD_PRICES`` (JSON)."""
+    value, source = metadata.get(PRICES_KEY), f"metadata '{PRICES_KEY}' of {task}"
+    if _empty(value):
+        value, source = environ.get(PRICES_ENV), PRICES_ENV
+    if _empty(value):
+        return ()
+    try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"prices must be a JSON object, got {value!r}")
+        checked = check_prices(value, roles=("judge",))
+    except ValueError as err:  # json.JSONDecodeError included
+        raise ValueError(f"MLLMGuard {source}: {err}") from None
+    return tuple((role, (pair[0], pair[1])) for role, pair in sorted(checked.items()))
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,7 @@ class TaskSettings:
     on_unpaired: str = "exclude"
     judge: tuple[tuple[str, Any], ...] = ()
     demo: bool = False
+    prices: tuple[tuple[str, tuple[float, float]], ...] = ()
 
     @classmethod
     def resolve(
@@ -125,10 +149,19 @@ class TaskSettings:
             values[key] = value
         judge = {k: metadata[k] for k in JUDGE_KEYS if not _empty(metadata.get(k))}
         settings = cls(
-            task=task, config=normalize_config(config), judge=tuple(sorted(judge.items())), demo=demo, **values
+            task=task,
+            config=normalize_config(config),
+            judge=tuple(sorted(judge.items())),
+            demo=demo,
+            prices=_prices(task, metadata, environ),
+            **values,
         )
         judges.get_judge(settings.judge_settings)  # builds (never loads) the judge: checks its name and arguments
         return settings
+
+    @property
+    def price_table(self) -> dict[str, list[float]]:
+        return {role: list(pair) for role, pair in self.prices}
 
     @property
     def judge_settings(self) -> judges.JudgeSettings:

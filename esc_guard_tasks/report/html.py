@@ -26,6 +26,7 @@ from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart
 from esc_guard_tasks.report.results import Run
 from esc_guard_tasks.report.runs import load_runs
 from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate
+from esc_guard_tasks.usage import usage_rows
 
 MAX_SAMPLES = 50
 # C0 and C1 controls other than tab and newline; bidirectional marks, embeddings, overrides and isolates.
@@ -166,6 +167,7 @@ def build_report(
         names=benchmarks.titles(),
         comparisons=_comparisons(runs),
         breakdown=[row for run in runs for row in _breakdown(run)],
+        usage=[{"run": run.label} | row for run in runs for row in usage_rows(run.results)],
         samples=[view for run in runs for view in _samples_view(run, max_samples)],
         seed=seed,
         resamples=resamples,

@@ -4,6 +4,7 @@ ESC-Eval: the seven dimensions and their average (0–100) per language (``esc_e
 and for the ``esc_eval`` group. MLLMGuard: ASD ↓ / PAR ↑ per dimension and overall. With
 ``--paper-reference`` the ESC-Eval paper's published human-evaluation rows are added, labelled as what they
 are: human annotation on the paper's full card set, not a run of this package (not comparable one to one).
+Runs that recorded their token usage get a last table: tokens per task and role, and the estimated cost.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 from esc_guard_tasks.report import benchmarks
 from esc_guard_tasks.report.results import Run
 from esc_guard_tasks.report.runs import load_runs
+from esc_guard_tasks.usage import usage_rows
 
 FORMATS = ("markdown", "csv", "latex")
+USAGE_CAPTION = "Tokens per role, as each run recorded them (reused: not sent; est. cost at the run's own prices)"
 
 
 def render(rows: list[dict[str, Any]], fmt: str, caption: str) -> str:
@@ -43,6 +46,14 @@ def leaderboard(
     ]
     if not tables:
         raise SystemExit(f"no {benchmarks.titles()} rows in the given results files" + _why_no_rows(runs))
+    usage = [
+        {"model": run.label} | row
+        for run in runs
+        for row in usage_rows(run.results)
+        if (owner := benchmarks.benchmark_of(row["task"])) is not None and owner.family in wanted
+    ]
+    if usage:
+        tables.append(render(usage, fmt, USAGE_CAPTION))
     return "\n".join(tables)
 
 

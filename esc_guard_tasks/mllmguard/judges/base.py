@@ -9,6 +9,7 @@ from typing import Any
 
 from esc_guard_tasks.judges.base import JudgeBackend, Verdict
 from esc_guard_tasks.mllmguard.guardrank import DECODER_DIMENSIONS, ENCODER_DIMENSIONS, RULE_DIMENSIONS
+from esc_guard_tasks.usage import RoleUsage, usage_of
 
 JUDGED_DIMENSIONS = DECODER_DIMENSIONS + ENCODER_DIMENSIONS
 COMMON_ARGS = ("cache",)
@@ -56,6 +57,7 @@ class MLLMGuardJudge:
     def __init__(self, args: Mapping[str, Any]):
         self.invalid = 0
         self._count_lock = threading.Lock()
+        self._senders: list[JudgeBackend] = []  # every backend it sends through, for the token usage
         args = dict(args)
         self.cache = cache_flag(args, self.name)
         self._configure(args)
@@ -65,12 +67,20 @@ class MLLMGuardJudge:
         raise NotImplementedError
 
     def cached(self, backend: JudgeBackend) -> JudgeBackend:
-        """``backend`` behind the persistent judge cache, unless ``cache=false``."""
-        if not self.cache:
-            return backend
-        from esc_guard_tasks.judges.cache import CachedJudge
+        """``backend`` behind the persistent judge cache, unless ``cache=false``; its usage is the judge's."""
+        client = backend
+        if self.cache:
+            from esc_guard_tasks.judges.cache import CachedJudge
 
-        return CachedJudge(backend)
+            client = CachedJudge(backend)
+        self._senders.append(client)
+        return client
+
+    def usage(self) -> RoleUsage | None:
+        """Tokens sent and replies re-used so far, over every backend (None: a judge that sends nothing)."""
+        if not self._senders:
+            return None
+        return sum((usage_of(client) for client in self._senders), RoleUsage())
 
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -27,6 +27,7 @@ from esc_guard_tasks.mllmguard.guardrank import (
     reference_constants,
 )
 from esc_guard_tasks.mllmguard.judges.base import COMMON_ARGS, MLLMGuardJudge, allowed_scores, text_of
+from esc_guard_tasks.usage import UsageMeter
 
 GUARDRANK_ARGS = (
     "decoder_base",
@@ -55,6 +56,11 @@ class _ClassifierBackend:
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    @property
+    def tokens(self) -> UsageMeter:
+        """The classifier's own count of the inputs it read (empty until it is loaded)."""
+        return self._model.tokens if self._model is not None else UsageMeter()
 
     @property
     def model(self):
