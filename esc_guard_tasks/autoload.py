@@ -26,83 +26,23 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any
+
+from esc_guard_tasks.task_folders import (
+    PATCHED,
+    patch_legacy_include,
+    patch_lmms_task_manager,
+    patch_task_manager,
+    task_dir,
+)
 
 OPT_OUT_ENV = "ESC_GUARD_TASKS_AUTOLOAD"
-_PATCHED = "_esc_guard_tasks_include"
 
-
-def task_dir(harness: str = "lm_eval") -> Path:
-    """The folder holding our task YAMLs for one harness, wherever the package is installed.
-
-    Each harness gets its own folder: lm-eval and lmms-eval configs must not be indexed by
-    the other harness.
-    """
-    spec = importlib.util.find_spec("esc_guard_tasks.task_yamls")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("esc_guard_tasks.task_yamls is not installed; reinstall esc-guard-tasks")
-    return Path(next(iter(spec.submodule_search_locations))) / harness
-
-
-def _same_path(a: object, b: Path) -> bool:
-    try:
-        return Path(os.fspath(cast(Any, a))).resolve() == b.resolve()
-    except (TypeError, OSError):
-        return False
-
-
-def with_task_dir(include_path: object, ours: Path, first: bool) -> list:
-    """``include_path`` as a list with ``ours`` added first or last (never twice)."""
-    if include_path is None:
-        paths: list = []
-    elif isinstance(include_path, (list, tuple)):
-        paths = list(include_path)
-    else:
-        paths = [include_path]
-    if any(_same_path(p, ours) for p in paths):
-        return paths
-    return [ours, *paths] if first else [*paths, str(ours)]
-
-
-def task_manager_patch(harness: str, first: bool) -> Callable[[ModuleType], None]:
-    """A hook that wraps ``module.TaskManager.__init__`` so it always scans ``task_dir(harness)``.
-
-    lm-eval lets later folders override earlier ones, so ours goes first there (a user's
-    ``--include_path`` still wins); lmms-eval keeps the first folder defining a name, so ours
-    goes last there. Idempotent; a TaskManager without ``include_path`` is left alone.
-    """
-
-    def patch(module: ModuleType) -> None:
-        cls = getattr(module, "TaskManager", None)
-        if cls is None or getattr(cls, _PATCHED, False):
-            return
-        original = cls.__init__
-        signature = inspect.signature(original)
-        if "include_path" not in signature.parameters:
-            return
-
-        @functools.wraps(original)
-        def __init__(self, *args, **kwargs):  # noqa: N807 - replaces a dunder
-            bound = signature.bind(self, *args, **kwargs)
-            ours = task_dir(harness)
-            bound.arguments["include_path"] = with_task_dir(bound.arguments.get("include_path"), ours, first)
-            original(*bound.args, **bound.kwargs)
-
-        cls.__init__ = __init__
-        setattr(cls, _PATCHED, True)
-
-    return patch
-
-
-patch_task_manager = task_manager_patch("lm_eval", first=True)
-patch_lmms_task_manager = task_manager_patch("lmms_eval", first=False)
-_patch_legacy_include = task_manager_patch("lm_eval", first=False)
+__all__ = ["OPT_OUT_ENV", "install", "patch_lmms_task_manager", "patch_task_manager", "task_dir"]
 
 
 def _is_ours(task_class: object) -> bool:
@@ -117,7 +57,7 @@ def patch_legacy_task_manager(module: ModuleType) -> None:
     so that is where the merge goes (the same ``config | metadata`` as its YAML-only branch).
     """
     cls = getattr(module, "TaskManager", None)
-    if cls is None or cls.__module__ != module.__name__ or getattr(cls, _PATCHED, False):
+    if cls is None or cls.__module__ != module.__name__ or getattr(cls, PATCHED, False):
         return  # 0.4.12 and later re-export the manager from lm_eval.tasks.manager (patched there)
     is_python_task = getattr(cls, "_config_is_python_task", None)
     if is_python_task is not None:
@@ -130,7 +70,7 @@ def patch_legacy_task_manager(module: ModuleType) -> None:
             return python_task
 
         cls._config_is_python_task = _config_is_python_task
-    _patch_legacy_include(module)
+    patch_legacy_include(module)
 
 
 def patch_evaluator_config(module: ModuleType) -> None:
@@ -141,7 +81,7 @@ def patch_evaluator_config(module: ModuleType) -> None:
     """
     cls: Any = getattr(module, "EvaluatorConfig", None)
     original = getattr(cls, "process_tasks", None)
-    if original is None or getattr(cls, _PATCHED, False):
+    if original is None or getattr(cls, PATCHED, False):
         return
 
     @functools.wraps(original)
@@ -154,14 +94,14 @@ def patch_evaluator_config(module: ModuleType) -> None:
         return manager
 
     cls.process_tasks = process_tasks
-    setattr(cls, _PATCHED, True)
+    setattr(cls, PATCHED, True)
 
 
 def patch_make_table(module: ModuleType) -> None:
     """Both harnesses' CLIs print ``make_table(results)`` then, if any, ``make_table(results, "groups")``:
     the last table printed gets one line per task saying the tokens each role used (and the cost)."""
     original = getattr(module, "make_table", None)
-    if original is None or getattr(original, _PATCHED, False):
+    if original is None or getattr(original, PATCHED, False):
         return
 
     @functools.wraps(original)
@@ -175,7 +115,7 @@ def patch_make_table(module: ModuleType) -> None:
                 table = table.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
         return table
 
-    setattr(make_table, _PATCHED, True)
+    setattr(make_table, PATCHED, True)
     module.make_table = make_table  # type: ignore[attr-defined]
 
 

@@ -16,7 +16,7 @@ DEMO_OUTPUT = Path("demo_output")
 
 
 def _task_dir(_: argparse.Namespace) -> int:
-    from esc_guard_tasks.autoload import task_dir
+    from esc_guard_tasks.task_folders import task_dir
 
     print(task_dir())
     return 0

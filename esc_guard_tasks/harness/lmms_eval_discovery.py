@@ -3,8 +3,8 @@
 **Tasks.** lmms-eval 0.7.3 has no entry-point group for task folders, and ``LMMS_EVAL_PLUGINS`` does not
 work for tasks (the CLI builds its ``TaskManager`` before it reads the variable). Every entry point —
 ``lmms-eval --tasks …``, ``python -m lmms_eval …``, ``lmms-eval tasks list`` and the Python API — builds
-an ``lmms_eval.tasks.TaskManager``; :func:`patch_lmms_task_manager` (defined with the lm-eval hook in
-:mod:`esc_guard_tasks.autoload`) makes it also scan ``task_dir("lmms_eval")``. The post-import hook of
+an ``lmms_eval.tasks.TaskManager``; :func:`patch_lmms_task_manager` (defined beside the lm-eval one in
+:mod:`esc_guard_tasks.task_folders`) makes it also scan ``task_dir("lmms_eval")``. The post-import hook of
 :mod:`esc_guard_tasks.autoload` (armed by ``esc_guard_tasks.pth``) runs it right after
 ``lmms_eval.tasks`` is imported; ``ESC_GUARD_TASKS_AUTOLOAD=0`` switches it off together with the
 lm-eval hook. The explicit alternative is
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from esc_guard_tasks.autoload import patch_lmms_task_manager, task_dir
+from esc_guard_tasks.task_folders import patch_lmms_task_manager, task_dir
 
 __all__ = ["lmms_task_dir", "model_manifests", "patch_lmms_task_manager"]
 
