@@ -21,6 +21,7 @@ import json
 import string
 from pathlib import Path
 
+from judge_fixtures import lora_adapter_config
 from tiny_models import CORPUS
 
 LLAMA_HIDDEN = 32
@@ -68,26 +69,15 @@ def build_llama_base(dest: Path) -> Path:
 
 def peft_06_config(task_type: str | None = "SEQ_CLS", modules_to_save: list[str] | None = None) -> dict:
     """adapter_config.json as peft 0.6.2 writes it for LoRA r=8 on q_proj/v_proj of LLaMA-2-7B."""
-    return {
-        "alpha_pattern": {},
-        "auto_mapping": None,
-        "base_model_name_or_path": "meta-llama/Llama-2-7b-hf",
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "layers_pattern": None,
-        "layers_to_transform": None,
-        "lora_alpha": LORA_ALPHA,
-        "lora_dropout": 0.05,
-        "modules_to_save": modules_to_save,
-        "peft_type": "LORA",
-        "r": LORA_R,
-        "rank_pattern": {},
-        "revision": None,
-        "target_modules": ["q_proj", "v_proj"],
-        "task_type": task_type,
-    }
+    return lora_adapter_config(
+        base_model_name_or_path="meta-llama/Llama-2-7b-hf",
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.05,
+        modules_to_save=modules_to_save,
+        r=LORA_R,
+        target_modules=["q_proj", "v_proj"],
+        task_type=task_type,
+    )
 
 
 def build_guardrank_adapter(

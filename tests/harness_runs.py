@@ -69,3 +69,14 @@ def tiny_args(
         json.dumps(meta),
     ]
     return args + (["--limit", str(limit)] if limit is not None else [])
+
+
+def one_round_run(model: Path, output: Path, *flags: str, **metadata: Any) -> Run:
+    """A one-round ``tiny_args`` run with the chat template applied and the extra CLI ``flags`` (the shape of
+    every judged run in the tests: one round is enough to judge, the chat template is how ESC-Eval runs)."""
+    return run_cli([*tiny_args(model, rounds=1, **metadata), "--apply_chat_template", *flags], output)
+
+
+def served_judge(server: Any, judge: str = "esc_rank", extra_args: str = "") -> dict[str, str]:
+    """Metadata that judges with ``judge`` on the openai backend served by ``server`` (a LoopbackChatServer)."""
+    return {"judge": judge, "judge_backend": "openai", "judge_args": f"base_url={server.base_url}{extra_args}"}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from judge_fixtures import INTERNLM2_CHAT_TEMPLATE
+from judge_fixtures import INTERNLM2_CHAT_TEMPLATE, lora_adapter_config
+from tiny_models import CORPUS as TINY_CORPUS
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -48,11 +49,7 @@ SPECIAL_TOKENS = [
 ]
 CHAT_TEMPLATE = INTERNLM2_CHAT_TEMPLATE  # the tokenizer_config.json chat template of internlm2-chat-7b
 CORPUS = [
-    "I have been feeling really anxious about my exams lately.",
-    "It sounds like you are carrying a lot of pressure right now.",
-    "My best friend stopped talking to me and I don't know why.",
-    "That must feel confusing and lonely. Would you like to talk about it?",
-    "I lost my job last month and I feel like a failure.",
+    *TINY_CORPUS[:5],  # the tiny chat model's first English sentences
     "Based on the rules, give your fluecy score (The number only) to the Dialogue.",
     "Dialogue between user and AI assistant: ",
     "**AI助手**：Hello, I'm your personal assistant. You can confide in me about any worries!",
@@ -65,31 +62,20 @@ CORPUS = [
     "Scores: 0 1 2 3 4 5, 12345, 3.14",
 ]
 # What PEFT wrote for the ESC-RANK adapters (LoRA r=8, alpha=16 on wqkv; base = a local path).
-ADAPTER_CONFIG: dict[str, Any] = {
-    "alpha_pattern": {},
-    "auto_mapping": None,
-    "base_model_name_or_path": "/mnt/workspace/models/internlm2-chat-7b",
-    "bias": "none",
-    "fan_in_fan_out": False,
-    "inference_mode": True,
-    "init_lora_weights": True,
-    "layers_pattern": None,
-    "layers_to_transform": None,
-    "loftq_config": {},
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "megatron_config": None,
-    "megatron_core": "megatron.core",
-    "modules_to_save": None,
-    "peft_type": "LORA",
-    "r": 8,
-    "rank_pattern": {},
-    "revision": None,
-    "target_modules": ["wqkv"],
-    "task_type": "CAUSAL_LM",
-    "use_dora": False,
-    "use_rslora": False,
-}
+ADAPTER_CONFIG: dict[str, Any] = lora_adapter_config(
+    base_model_name_or_path="/mnt/workspace/models/internlm2-chat-7b",
+    loftq_config={},
+    lora_alpha=16,
+    lora_dropout=0.0,
+    megatron_config=None,
+    megatron_core="megatron.core",
+    modules_to_save=None,
+    r=8,
+    target_modules=["wqkv"],
+    task_type="CAUSAL_LM",
+    use_dora=False,
+    use_rslora=False,
+)
 # config.json of internlm/internlm2-chat-7b as published (values from the model card's config; the
 # earliest revisions said model_type "internlm" and rope_scaling factor 1.0 — both are accepted).
 INTERNLM2_CHAT_7B_CONFIG: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tiny_models import build_tiny_chat_model
 
@@ -19,6 +20,26 @@ INTERNLM2_CHAT_TEMPLATE = (
 )
 ADAPTER_KEYS = ["fluency", "diversity", "empathic", "suggestion", "human", "tech", "overall"]
 ADAPTER_FOLDERS = ADAPTER_KEYS + [f"{k}_en" for k in ADAPTER_KEYS]
+# The adapter_config.json fields every PEFT LoRA checkpoint we mimic writes with the same value.
+_LORA_COMMON: dict[str, Any] = {
+    "alpha_pattern": {},
+    "auto_mapping": None,
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "inference_mode": True,
+    "init_lora_weights": True,
+    "layers_pattern": None,
+    "layers_to_transform": None,
+    "peft_type": "LORA",
+    "rank_pattern": {},
+    "revision": None,
+}
+
+
+def lora_adapter_config(**fields: Any) -> dict[str, Any]:
+    """adapter_config.json of a PEFT LoRA checkpoint: the shared defaults plus ``fields``, keys sorted as PEFT
+    writes them (so ESC-RANK's and GuardRank's stand-ins differ only where the real checkpoints do)."""
+    return dict(sorted((_LORA_COMMON | fields).items()))
 
 
 def build_tiny_judge(root: Path, digit_scale: float = 30.0, **model_shape: int) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness_runs import run_cli, tiny_args
+from harness_runs import one_round_run, served_judge
 from lm_eval.api.metrics import bootstrap_stderr
 from loopback_server import LoopbackChatServer
 
@@ -102,17 +102,10 @@ def test_lm_eval_prints_the_mean_of_the_dimension_rows_in_every_task_and_the_gro
         lm_eval, "simple_evaluate", functools.partial(lm_eval.simple_evaluate, bootstrap_iters=BOOTSTRAP_ITERS)
     )
     with LoopbackChatServer(served_scores) as server:
-        args = tiny_args(
-            tiny_model,
-            tasks="esc_eval_demo",
-            limit=3,
-            rounds=1,
-            judge="esc_rank",
-            judge_backend="openai",
-            judge_args=f"base_url={server.base_url}",
-        )
         monkeypatch.setattr(registry, "_BUILT", {})
-        run = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "out")
+        run = one_round_run(
+            tiny_model, tmp_path / "out", "--log_samples", tasks="esc_eval_demo", limit=3, **served_judge(server)
+        )
     rows = run.results["results"]
     for task in ("esc_eval_demo_en", "esc_eval_demo_zh"):
         samples = run.samples[task]

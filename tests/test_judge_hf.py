@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from harness_runs import run_cli, tiny_args
+from harness_runs import one_round_run
 from judge_fixtures import ADAPTER_FOLDERS, build_tiny_judge
 
 from esc_guard_tasks.esc_eval.judging import judge_request, score_dialogues
@@ -133,15 +133,8 @@ def test_esc_eval_with_esc_rank_prints_dimension_rows(tiny_model, tiny_judge, ca
     verdicts with raw replies in the samples; the judge's identity in the results."""
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
     base, adapters = tiny_judge
-    args = tiny_args(
-        tiny_model,
-        data_dir=str(card_dir),
-        limit=3,
-        rounds=1,
-        judge="esc_rank",
-        judge_args=f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1",
-    )
-    run = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "out")
+    esc_rank = {"judge": "esc_rank", "judge_args": f"pretrained={base},adapters={adapters},device=cpu,max_new_tokens=1"}
+    run = one_round_run(tiny_model, tmp_path / "out", "--log_samples", data_dir=str(card_dir), limit=3, **esc_rank)
     rows = run.results["results"]
     for task in ("esc_eval", "esc_eval_en", "esc_eval_zh"):
         for metric in ("fluency", "expression", "empathy", "information", "skillful", "humanoid", "overall", "average"):
@@ -165,10 +158,8 @@ def test_predict_only_never_loads_the_judge(tiny_model, card_dir, tmp_path, monk
         raise AssertionError("judge loaded under --predict_only")
 
     monkeypatch.setattr(judging, "build_backend", forbidden)
-    args = tiny_args(
-        tiny_model, data_dir=str(card_dir), limit=1, rounds=1, judge="esc_rank", judge_args="pretrained=/nonexistent"
-    )
-    run = run_cli([*args, "--apply_chat_template", "--predict_only"], tmp_path)
+    esc_rank = {"judge": "esc_rank", "judge_args": "pretrained=/nonexistent"}
+    run = one_round_run(tiny_model, tmp_path, "--predict_only", data_dir=str(card_dir), limit=1, **esc_rank)
     assert len(run.transcripts("esc_eval_en")) == 1
 
 
@@ -180,10 +171,7 @@ def test_rescore_judges_saved_dialogues_in_the_harness_format(
     from esc_guard_tasks.cli import main
 
     monkeypatch.setenv("ESC_GUARD_CACHE", str(tmp_path / "cache"))
-    first = run_cli(
-        [*tiny_args(tiny_model, data_dir=str(card_dir), limit=2, rounds=1), "--apply_chat_template", "--log_samples"],
-        tmp_path / "first",
-    )
+    first = one_round_run(tiny_model, tmp_path / "first", "--log_samples", data_dir=str(card_dir), limit=2)
     files = sorted(first.output.glob("**/samples_esc_eval_*.jsonl"))
     base, adapters = tiny_judge
     assert (

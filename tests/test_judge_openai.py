@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness_runs import run_cli, tiny_args
+from harness_runs import one_round_run, served_judge
 from loopback_server import LoopbackChatServer, LoopbackHTTPError, chat_completion
 
 from esc_guard_tasks.chat_api import ChatAPIError, retry_after_seconds
@@ -451,21 +451,13 @@ def test_lm_eval_esc_eval_with_a_served_judge_and_the_cache(tiny_model, card_dir
     monkeypatch.setenv("ESC_EVAL_JUDGE_API_KEY", SENTINEL)
     with LoopbackChatServer(scripted) as server:
         base_url = server.base_url
-        args = tiny_args(
-            tiny_model,
-            data_dir=str(card_dir),
-            limit=1,
-            rounds=1,
-            judge="esc_rank",
-            judge_backend="openai",
-            judge_args=f"base_url={base_url}",
-        )
+        run = {"data_dir": str(card_dir), "limit": 1, **served_judge(server)}
         monkeypatch.setattr(registry, "_BUILT", {})
-        first = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "first")
+        first = one_round_run(tiny_model, tmp_path / "first", "--log_samples", **run)
         after_first = len(server.chat_bodies())
         models = Counter(b["model"].endswith("_en") for b in server.chat_bodies())
         monkeypatch.setattr(registry, "_BUILT", {})
-        second = run_cli([*args, "--apply_chat_template", "--log_samples"], tmp_path / "second")
+        second = one_round_run(tiny_model, tmp_path / "second", "--log_samples", **run)
         after_second = len(server.chat_bodies())
 
     assert after_first == 14 and models == {True: 7, False: 7}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from harness_runs import run_cli, tiny_args
+from harness_runs import one_round_run, served_judge
 from loopback_server import LoopbackChatServer
 
 from esc_guard_tasks.harness import lm_eval_task
@@ -18,16 +18,8 @@ def test_llm_rubric_results_and_log_carry_the_comparability_note(tiny_model, tmp
     monkeypatch.setattr(registry, "_BUILT", {})
     monkeypatch.setattr(lm_eval_task, "_NOTED", set())
     with LoopbackChatServer(lambda body: "3") as server:
-        args = tiny_args(
-            tiny_model,
-            tasks="esc_eval_demo",
-            limit=1,
-            rounds=1,
-            judge="llm_rubric",
-            judge_backend="openai",
-            judge_args=f"base_url={server.base_url},model=gpt-4",
-        )
-        run = run_cli([*args, "--apply_chat_template"], tmp_path / "out")
+        served = served_judge(server, "llm_rubric", ",model=gpt-4")
+        run = one_round_run(tiny_model, tmp_path / "out", tasks="esc_eval_demo", limit=1, **served)
     for task in ("esc_eval_demo_en", "esc_eval_demo_zh"):
         judge = run.results["configs"][task]["metadata"]["esc_eval"]["judge"]
         assert judge["note"] == lm_eval_task.LLM_RUBRIC_NOTE

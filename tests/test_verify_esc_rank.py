@@ -48,20 +48,18 @@ def verify(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def verify_served(capsys, esc_data: Path, server: LoopbackChatServer, *args: str) -> tuple[int, str]:
+    """``verify`` of the examples in ``esc_data`` judged by ESC-RANK served at ``server`` (fast retries)."""
+    served = ("--judge-backend", "openai", "--judge-args", f"base_url={server.base_url},{FAST}")
+    return verify(capsys, "--data-dir", str(esc_data), *served, *args)
+
+
 def test_a_judge_replaying_the_reference_scores_agrees_84_of_84(esc_data, recorded, capsys):
     """Through the openai backend (the requests a real run sends: adapter as model, exact query), a server that
     replays the reference scorer's recorded scores gives 84/84 exact, every dimension 12/12, each language
     42/42, and exit 0."""
     with LoopbackChatServer(replaying(recorded)) as server:
-        code, out = verify(
-            capsys,
-            "--data-dir",
-            str(esc_data),
-            "--judge-backend",
-            "openai",
-            "--judge-args",
-            f"base_url={server.base_url},{FAST}",
-        )
+        code, out = verify_served(capsys, esc_data, server)
         asked = len(server.chat_bodies())
     assert code == 0, out
     assert asked == 84, "the judge cache must be off: every verdict is asked"
@@ -86,15 +84,7 @@ def test_a_disagreeing_judge_fails_and_names_each_item(esc_data, recorded, capsy
         key("llama3_en.json", "1", humanoid): "Score: 2",
     }
     with LoopbackChatServer(replaying(recorded, changes)) as server:
-        code, out = verify(
-            capsys,
-            "--data-dir",
-            str(esc_data),
-            "--judge-backend",
-            "openai",
-            "--judge-args",
-            f"base_url={server.base_url},{FAST}",
-        )
+        code, out = verify_served(capsys, esc_data, server)
     assert code == 1, out
     assert "exact agreement: 81/84" in out and "within ±1:       82/84" in out and "disagreements: 3" in out
     assert "llama3_zh.json dialogue 2 overall (overall): ours 4, reference 2, raw reply '4'" in out
@@ -112,16 +102,8 @@ def test_the_bar_is_the_given_share(esc_data, recorded, capsys):
         for d in dimensions()[:3]
     }
     with LoopbackChatServer(replaying(recorded, changes)) as server:
-        common = (
-            "--data-dir",
-            str(esc_data),
-            "--judge-backend",
-            "openai",
-            "--judge-args",
-            f"base_url={server.base_url},{FAST}",
-        )
-        assert verify(capsys, *common, "--min-agreement", "0.96")[0] == 0
-        assert verify(capsys, *common)[0] == 1
+        assert verify_served(capsys, esc_data, server, "--min-agreement", "0.96")[0] == 0
+        assert verify_served(capsys, esc_data, server)[0] == 1
 
 
 def test_without_data_dir_or_network_the_error_names_both_options(monkeypatch, capsys):
