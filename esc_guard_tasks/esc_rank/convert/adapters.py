@@ -9,17 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from esc_guard_tasks.esc_rank.convert.base import iter_tensors
 from esc_guard_tasks.esc_rank.convert.files import (
-    SAFE_META,
     ConversionError,
-    atomic_dir,
-    copy_extras,
     read_json,
+    save_safetensors,
     sha256,
+    write_conversion,
     write_json,
-    write_manifest,
 )
 from esc_guard_tasks.esc_rank.convert.geometry import Geometry, config_source, split_wqkv
-from esc_guard_tasks.esc_rank.convert.tokenizer import SUPERSEDED, convert_tokenizer_into
+from esc_guard_tasks.esc_rank.convert.tokenizer import convert_tokenizer_into, copy_the_rest
 
 if TYPE_CHECKING:
     import torch
@@ -100,9 +98,7 @@ def convert_adapter_into(
         for name, b_part in zip(_LORA_TARGETS, split_wqkv(pair["B"], geo), strict=True):
             out_tensors[f"{prefix}{name}.lora_A.weight"] = pair["A"].contiguous().clone()
             out_tensors[f"{prefix}{name}.lora_B.weight"] = b_part
-    from safetensors.torch import save_file
-
-    save_file(out_tensors, str(out / "adapter_model.safetensors"), metadata=SAFE_META)
+    save_safetensors(out_tensors, out / "adapter_model.safetensors")
     new_cfg = dict(adapter_cfg)
     new_cfg["target_modules"] = list(_LORA_TARGETS)
     base_path = str(Path(converted_base).resolve())
@@ -113,8 +109,6 @@ def convert_adapter_into(
         tokenizer = convert_tokenizer_into(
             src, out, check=tokenizer_check, vocab_size=geo.vocab_size, cache=tokenizer_cache, label=src.name
         )
-    skip = {"adapter_config.json", *SUPERSEDED}
-    copied, dropped = copy_extras(src, out, skip)
     return {
         "source": str(src.resolve()),
         "source_weights": weights.name,
@@ -128,8 +122,7 @@ def convert_adapter_into(
             "written": base_path,
         },
         "tokenizer": tokenizer,
-        "copied": copied,
-        "dropped_files": dropped,
+        **copy_the_rest(src, out, {"adapter_config.json"}),
     }
 
 
@@ -150,7 +143,9 @@ def convert_adapter(
     ``converted_base``; all other fields are kept. Tokenizer files, if any, are converted
     like the base's; other files (``all_results.json`` …) are copied, ``*.py`` dropped.
     """
-    src = Path(src)
-    with atomic_dir(Path(dst), overwrite) as out:
-        report = convert_adapter_into(src, out, base_config, Path(converted_base), None, tokenizer_check)
-        write_manifest(out, {"adapter": report})
+    write_conversion(
+        dst,
+        overwrite,
+        "adapter",
+        lambda out: convert_adapter_into(Path(src), out, base_config, Path(converted_base), None, tokenizer_check),
+    )

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esc_guard_tasks.esc_rank.convert.files import (
-    SAFE_META,
     ConversionError,
-    atomic_dir,
-    copy_extras,
     read_json,
+    save_safetensors,
     sha256,
+    write_conversion,
     write_json,
-    write_manifest,
 )
 from esc_guard_tasks.esc_rank.convert.geometry import Geometry, llama_config, split_wqkv
-from esc_guard_tasks.esc_rank.convert.tokenizer import SUPERSEDED, check_mode, convert_tokenizer_into
+from esc_guard_tasks.esc_rank.convert.tokenizer import check_mode, convert_tokenizer_into, copy_the_rest
 
 if TYPE_CHECKING:
     import torch
@@ -134,10 +132,8 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        from safetensors.torch import save_file
-
         path = self.folder / f".part-{len(self.files):05d}.safetensors"
-        save_file(self.pending, str(path), metadata=SAFE_META)
+        save_safetensors(self.pending, path)
         self.files.append((path, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 
@@ -282,16 +278,13 @@ def convert_base_into(
     weights = _convert_weights(src, out, geo, bool(llama["tie_word_embeddings"]), max_shard_bytes)
     write_json(out / "config.json", llama)
     write_json(out / "generation_config.json", _generation_config(src, llama))
-    skip = {"config.json", "generation_config.json", *SUPERSEDED}
-    copied, dropped = copy_extras(src, out, skip)
     return {
         "source": str(src.resolve()),
         "source_config_sha256": sha256(config_path),
         "rope_scaling": {"source": cfg.get("rope_scaling"), "written": llama["rope_scaling"], "mode": rope_scaling},
         "weights": weights,
         "tokenizer": tokenizer,
-        "copied": copied,
-        "dropped_files": dropped,
+        **copy_the_rest(src, out, {"config.json", "generation_config.json"}),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -318,9 +311,5 @@ def convert_base(
     ``tokenizer_check``: ``"strict"`` fails on any probe text where the written tokenizer and
     SentencePiece disagree, ``"report"`` only records them in the manifest, ``"off"`` skips it.
     """
-    src = Path(src)
-    with atomic_dir(Path(dst), overwrite) as out:
-        report = convert_base_into(
-            src, out, max_shard_size=max_shard_size, rope_scaling=rope_scaling, tokenizer_check=tokenizer_check
-        )
-        write_manifest(out, {"base": report})
+    options = {"max_shard_size": max_shard_size, "rope_scaling": rope_scaling, "tokenizer_check": tokenizer_check}
+    write_conversion(dst, overwrite, "base", lambda out: convert_base_into(Path(src), out, **options))

@@ -13,13 +13,16 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "esc_guard_tasks.esc_rank.convert/1"
-SAFE_META = {"format": "pt"}
+_SAFE_META = {"format": "pt"}  # what transformers writes and expects in a PyTorch safetensors file
 # Files of a model/adapter folder that we rewrite (or drop) instead of copying.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf")
 
@@ -121,3 +124,17 @@ def write_manifest(folder: Path, body: dict[str, Any]) -> None:
             versions[dist] = None
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(folder / MANIFEST, {"format": MANIFEST_FORMAT, "created": created, "versions": versions, **body})
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``tensors`` as the safetensors file ``path``, marked as PyTorch weights as transformers writes them."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=_SAFE_META)
+
+
+def write_conversion(dst: Path, overwrite: bool, key: str, convert: Callable[[Path], dict[str, Any]]) -> None:
+    """One part converted on its own: ``convert(folder)`` fills a temporary folder and returns its report, which
+    the manifest holds under ``key``; the folder then moves to ``dst`` (see :func:`atomic_dir`)."""
+    with atomic_dir(Path(dst), overwrite) as out:
+        write_manifest(out, {key: convert(out)})

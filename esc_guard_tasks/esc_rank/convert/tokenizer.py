@@ -27,7 +27,14 @@ from typing import Any, cast
 
 from esc_guard_tasks.esc_eval.protocol import prompts
 from esc_guard_tasks.esc_eval.rubric import internlm2_prompt
-from esc_guard_tasks.esc_rank.convert.files import ConversionError, atomic_dir, read_json, sha256, write_json
+from esc_guard_tasks.esc_rank.convert.files import (
+    ConversionError,
+    atomic_dir,
+    copy_extras,
+    read_json,
+    sha256,
+    write_json,
+)
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 # Source tokenizer files that are superseded by ours and must not be copied next to them.
@@ -375,6 +382,13 @@ def convert_tokenizer_into(
     if cache is not None:
         cache[cache_key] = (out, report, label)
     return report
+
+
+def copy_the_rest(src: Path, out: Path, rewritten: set[str]) -> dict[str, list[str]]:
+    """The manifest's ``copied`` and ``dropped_files``: the plain files of ``src`` that neither the part's own
+    conversion (``rewritten``) nor the tokenizer's (``SUPERSEDED``) wrote, copied or dropped by ``copy_extras``."""
+    copied, dropped = copy_extras(src, out, {*rewritten, *SUPERSEDED})
+    return {"copied": copied, "dropped_files": dropped}
 
 
 def convert_tokenizer(src: Path, dst: Path, *, check: str = "strict", overwrite: bool = False) -> dict[str, Any]:
