@@ -511,17 +511,20 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
     return header, rows
 
 
-def _row_queries(
-    cells: dict[str, str],
-    *,
-    config: str,
-    split: str,
-    row: int,
-    line: int,
-    source: str,
-    config_dir: Path,
-    image_check: ImageCheck,
-) -> list[MLLMGuardQuery]:
+@dataclass(frozen=True)
+class _SplitFile:
+    """What every row of one split CSV shares: its config and split, its path (named in every query and error)
+    and the folder its image paths are resolved in, with how images are checked."""
+
+    config: str
+    split: str
+    source: str
+    config_dir: Path
+    image_check: ImageCheck
+
+
+def _row_queries(cells: dict[str, str], file: _SplitFile, row: int, line: int) -> list[MLLMGuardQuery]:
+    config, split, config_dir = file.config, file.split, file.config_dir
     prompt = cells["prompt"]
     if not prompt.strip():
         raise _RowError("empty Prompt")
@@ -551,7 +554,7 @@ def _row_queries(
     for _, _, relpath in queries:
         if relpath not in checked:
             checked.add(relpath)
-            check_image(config_dir.joinpath(*relpath.split("/")), image_check)
+            check_image(config_dir.joinpath(*relpath.split("/")), file.image_check)
     item_id = f"{config}/{split}/{row}"
     return [
         MLLMGuardQuery(
@@ -569,7 +572,7 @@ def _row_queries(
             jailbreak_type=cells.get("jailbreak_type", "").strip(),
             data_source=cells.get("data_source", "").strip(),
             split=split,
-            source_file=source,
+            source_file=file.source,
             row=row,
             line=line,
         )
@@ -598,6 +601,7 @@ def expand_csv(
     path = Path(os.path.abspath(csv_path))
     base = Path(os.path.abspath(config_dir)) if config_dir is not None else path.parent
     source = str(path)
+    file = _SplitFile(config, split, source, base, image_check)
     header, rows = _read_csv(path)
     mapping = _map_columns(header, config, source)
     queries: list[MLLMGuardQuery] = []
@@ -607,16 +611,7 @@ def expand_csv(
             if len(raw) != len(header):
                 raise _RowError(f"has {len(raw)} fields, the header has {len(header)}")
             cells = {name: raw[index] for name, index in mapping.items()}
-            queries += _row_queries(
-                cells,
-                config=config,
-                split=split,
-                row=row,
-                line=line,
-                source=source,
-                config_dir=base,
-                image_check=image_check,
-            )
+            queries += _row_queries(cells, file, row, line)
         except _RowError as problem:
             if on_bad_row == "error":
                 raise MLLMGuardDataError(f"{source}: row {row} (line {line}): {problem}; {BAD_ROW_FIX}") from None
@@ -640,12 +635,7 @@ def load_queries(
     config, split = normalize_config(config), _check_split(split)
     config_dir, origin, resolved = resolve_config_dir(config, data_dir=data_dir, token=token, revision=revision)
     queries, skipped, columns, rows = expand_csv(
-        config_dir / SPLITS[split],
-        config,
-        split,
-        config_dir=config_dir,
-        on_bad_row=on_bad_row,
-        image_check=image_check,
+        config_dir / SPLITS[split], config, split, config_dir=config_dir, on_bad_row=on_bad_row, image_check=image_check
     )
     if skipped:
         log.warning(
