@@ -18,6 +18,7 @@ from lm_eval.api.metrics import nanmean
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.settings import ESCSettings
+from esc_guard_tasks.evaluate_metrics import metric_info
 from esc_guard_tasks.metrics.esc_eval import dimension_scores, mean_of_dimensions
 
 _DESCRIPTION = "ESC-Eval's seven dimensions (0-100) scored by ESC-RANK or another configured judge."
@@ -37,12 +38,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _INPUTS)
 class ESCRank(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features({"dialogues": datasets.Sequence(datasets.Value("string"))}),
-        )
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, {"dialogues": datasets.Sequence(datasets.Value("string"))})
 
     def _compute(self, dialogues, language="en", judge="esc_rank", judge_backend="hf", judge_args=""):
         settings = ESCSettings.from_sources(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
+from esc_guard_tasks.evaluate_metrics import metric_info
 from esc_guard_tasks.mllmguard.judges import get_judge
 
 _DESCRIPTION = (
@@ -39,12 +40,8 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _INPUTS)
 class GuardRank(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features({"prompts": datasets.Value("string"), "responses": datasets.Value("string")}),
-        )
+        features = {"prompts": datasets.Value("string"), "responses": datasets.Value("string")}
+        return metric_info(_DESCRIPTION, _CITATION, _INPUTS, features)
 
     def _compute(self, prompts, responses, dimension="privacy", judge=None, judge_args=None):
         configured = get_judge({"judge": judge, "judge_args": judge_args})
