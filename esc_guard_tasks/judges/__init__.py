@@ -1,5 +1,8 @@
-"""Judge backends shared by the benchmarks: a request goes in, the judge's raw reply comes out.
+"""The judge layer both benchmarks share: backends, the verdict, the arguments, the registry.
 
-Parsing a reply into a score is the benchmark's business (e.g. ``esc_eval.rubric``);
-backends only produce text, so every backend is scored by the same parser.
+A backend (``hf_lora``, ``vllm_lora``, ``openai_chat``) takes requests and returns raw replies; parsing a reply
+into a score is the benchmark's business (e.g. ``esc_eval.rubric``), so every backend is scored by the same
+parser, and every judge returns the one :class:`~esc_guard_tasks.judges.base.Verdict`. Judge arguments are read
+and checked once (``args``), and each judge is built once per process by the one table of builders
+(``registry``), behind the persistent cache (``cache``).
 """
