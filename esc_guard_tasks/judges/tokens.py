@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from esc_guard_tasks.judges.base import JudgeRequest
@@ -41,7 +41,7 @@ def label_token_ids(tokenizer: Any, prompt: list[int], labels: Sequence[str]) ->
     return ids
 
 
-def generated_length(row: Sequence[int], eos_ids: Sequence[int]) -> int:
+def generated_length(row: Sequence[int], eos_ids: Collection[object]) -> int:
     """Tokens one row of a batched ``generate`` really produced: up to and including its first end token
     (what follows is padding)."""
     for index, token in enumerate(row):

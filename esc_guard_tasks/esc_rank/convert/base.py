@@ -311,5 +311,11 @@ def convert_base(
     ``tokenizer_check``: ``"strict"`` fails on any probe text where the written tokenizer and
     SentencePiece disagree, ``"report"`` only records them in the manifest, ``"off"`` skips it.
     """
-    options = {"max_shard_size": max_shard_size, "rope_scaling": rope_scaling, "tokenizer_check": tokenizer_check}
-    write_conversion(dst, overwrite, "base", lambda out: convert_base_into(Path(src), out, **options))
+    write_conversion(
+        dst,
+        overwrite,
+        "base",
+        lambda out: convert_base_into(
+            Path(src), out, max_shard_size=max_shard_size, rope_scaling=rope_scaling, tokenizer_check=tokenizer_check
+        ),
+    )
