@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import rounded
-from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.dialogue.store import SQLiteDialogueStore
+from esc_guard_tasks.esc_eval.dialogue import DialogueSetup, EscDialogueEngine
 from esc_guard_tasks.esc_eval.protocol import (
     Card,
     Message,
@@ -36,7 +37,6 @@ from esc_guard_tasks.esc_eval.protocol import (
     role_player_messages,
     supporter_messages,
 )
-from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel
 
 
@@ -73,7 +73,7 @@ def run_engine(lm: Any, cards: Sequence[Card], settings: DialogueSettings, trial
 
     with tempfile.TemporaryDirectory() as folder:
         store = SQLiteDialogueStore(Path(folder) / "dialogues.sqlite")
-        engine = DialogueEngine(speaker("seeker"), speaker("supporter"), settings.rounds, store=store)
+        engine = EscDialogueEngine(speaker("seeker"), speaker("supporter"), settings.rounds, store=store)
         try:
             return engine.run(_setups(cards, trials))
         finally:

@@ -112,8 +112,8 @@ def demo_store() -> Path | None:
     """The dialogue store the demo's run uses: ``ESC_EVAL_DIALOGUE_STORE`` or the default file; None when off."""
     import os
 
+    from esc_guard_tasks.dialogue.store import store_path
     from esc_guard_tasks.esc_eval.settings import ESCSettings
-    from esc_guard_tasks.esc_eval.store import store_path
 
     return store_path(ESCSettings.from_sources({}, os.environ).dialogue_store)
 
@@ -124,7 +124,7 @@ def stored_turns(store: Path | None) -> int:
         return 0
     import sqlite3
 
-    from esc_guard_tasks.esc_eval.store import STORE_FILE
+    from esc_guard_tasks.dialogue.store import STORE_FILE
 
     with closing(sqlite3.connect(store)) as db:
         return int(db.execute(f"SELECT COUNT(*) FROM {STORE_FILE.table}").fetchone()[0])

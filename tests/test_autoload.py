@@ -42,7 +42,7 @@ def test_core_works_without_lm_eval():
     """With lm-eval unimportable, interpreter start and the harness-agnostic core still work."""
     code = (
         "import sys; sys.modules['lm_eval'] = None\n"
-        "from esc_guard_tasks.esc_eval.engine import DialogueEngine\n"
+        "from esc_guard_tasks.esc_eval.dialogue import EscDialogueEngine\n"
         "from esc_guard_tasks.esc_eval.cards import load_cards\n"
         "print(len(load_cards('en', card_set='demo')))"
     )

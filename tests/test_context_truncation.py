@@ -17,8 +17,8 @@ import pytest
 from harness_runs import run_cli, tiny_args
 from transformers import AutoTokenizer
 
+from esc_guard_tasks.dialogue.store import SQLiteDialogueStore
 from esc_guard_tasks.esc_eval.protocol import Transcript, Turn
-from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore
 from esc_guard_tasks.harness.lm_eval_context import report_truncation
 from esc_guard_tasks.metrics.esc_eval import truncated_turn_rate
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.esc_eval.dialogue import DialogueSetup
+from esc_guard_tasks.esc_eval.dialogue import EscDialogueEngine as DialogueEngine
 from esc_guard_tasks.esc_eval.protocol import Card, greeting
 
 

@@ -20,9 +20,9 @@ import pytest
 from harness_runs import run_cli, tiny_args
 from loopback_server import LoopbackChatServer
 
+from esc_guard_tasks.dialogue.store import check_store
 from esc_guard_tasks.esc_eval.cards import ID_MAX, ID_MIN, CardError, parse_cards
 from esc_guard_tasks.esc_eval.settings import ESCSettings, unknown_key_warnings
-from esc_guard_tasks.esc_eval.store import check_store
 from esc_guard_tasks.judges.cache import check_cache
 from esc_guard_tasks.sqlite_files import SQLiteFileError
 

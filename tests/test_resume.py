@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 from harness_runs import read_run, run_cli, tiny_args
 
-from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.dialogue.store import SQLiteDialogueStore, open_store
+from esc_guard_tasks.esc_eval.dialogue import DialogueSetup
+from esc_guard_tasks.esc_eval.dialogue import EscDialogueEngine as DialogueEngine
 from esc_guard_tasks.esc_eval.protocol import Card
-from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore, open_store
 from esc_guard_tasks.judges.base import JudgeRequest
 from esc_guard_tasks.judges.cache import CachedJudge
 

@@ -25,7 +25,7 @@ from loopback_server import LoopbackChatServer, LoopbackHTTPError
 from test_faulty_servers import JUDGE_MODEL, ROLE_MODEL, SUPPORTER_MODEL, comparable, scripted
 
 from esc_guard_tasks.chat_api import ChatAPIError
-from esc_guard_tasks.esc_eval import store as store_module
+from esc_guard_tasks.esc_eval import dialogue as store_module
 from esc_guard_tasks.judges import registry
 
 ROUNDS = 4

@@ -20,11 +20,12 @@ from harness_runs import run_cli, tiny_args
 from lm_eval.api.metrics import bootstrap_stderr, nanmean
 from loopback_server import LoopbackChatServer
 
+from esc_guard_tasks.dialogue.store import SQLiteDialogueStore
 from esc_guard_tasks.esc_eval.cards import load_card_dataset
-from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup, dialogue_seed
+from esc_guard_tasks.esc_eval.dialogue import DialogueSetup, dialogue_key, dialogue_seed
+from esc_guard_tasks.esc_eval.dialogue import EscDialogueEngine as DialogueEngine
 from esc_guard_tasks.esc_eval.protocol import Card
 from esc_guard_tasks.esc_eval.settings import ESCSettings
-from esc_guard_tasks.esc_eval.store import SQLiteDialogueStore, dialogue_key
 from esc_guard_tasks.judges import registry
 from esc_guard_tasks.metrics.esc_eval import CardValue, DialogueScores, mean_of_dimensions, trial_sd
 

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
+from esc_guard_tasks.dialogue.turn import Message, Turn
 from esc_guard_tasks.usage import RoleUsage
 
 Language = Literal["en", "zh"]
@@ -52,18 +53,6 @@ class Card:
     base: str
     source: str = ""
     topic: str = ""
-
-
-@dataclass(frozen=True)
-class Turn:
-    speaker: Speaker
-    text: str
-    # Whether the speaker's harness cut this turn's prompt from the left to fit its context budget
-    # (None: not measured, e.g. an API backend, which does not say).
-    prompt_truncated: bool | None = None
-    # What generating this turn cost in this run (one request; None: not generated in this run, e.g. resumed
-    # from the dialogue store). Not part of the dialogue: ignored by equality and left out of its JSON.
-    usage: RoleUsage | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -132,9 +121,6 @@ class Transcript:
         fields = dict(data)
         turns = [Turn(**t) for t in fields.pop("turns")]
         return cls(**fields, turns=turns)
-
-
-Message = dict[str, str]
 
 
 def role_player_messages(card: Card, transcript: Transcript) -> list[Message]:

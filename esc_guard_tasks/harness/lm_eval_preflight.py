@@ -17,10 +17,10 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from esc_guard_tasks.dialogue.store import check_store
 from esc_guard_tasks.esc_eval.cards import load_cards
 from esc_guard_tasks.esc_eval.protocol import LANGUAGES, Language
 from esc_guard_tasks.esc_eval.settings import ESCSettings, unknown_key_warnings
-from esc_guard_tasks.esc_eval.store import check_store
 from esc_guard_tasks.judges.cache import check_cache
 
 TASK_PREFIX = "esc_eval"

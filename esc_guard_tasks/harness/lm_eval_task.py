@@ -21,8 +21,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
+from esc_guard_tasks.dialogue.store import open_store
 from esc_guard_tasks.esc_eval.cards import card_from_doc, trial_of_doc
-from esc_guard_tasks.esc_eval.engine import DialogueEngine, DialogueSetup
+from esc_guard_tasks.esc_eval.dialogue import DialogueSetup, EscDialogueEngine
 from esc_guard_tasks.esc_eval.judging import get_judge, score_dialogues, verdicts_to_json
 from esc_guard_tasks.esc_eval.protocol import (
     Speaker,
@@ -31,7 +32,6 @@ from esc_guard_tasks.esc_eval.protocol import (
     role_player_system_prompt,
 )
 from esc_guard_tasks.esc_eval.settings import ESCSettings, parse_kv, public_args
-from esc_guard_tasks.esc_eval.store import open_store
 from esc_guard_tasks.harness.lm_eval_chat import LMEvalChatModel, RolePlayerChat, release_role_players
 from esc_guard_tasks.harness.lm_eval_context import report_truncation
 from esc_guard_tasks.harness.lm_eval_preflight import check_files
@@ -265,7 +265,7 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
         },
     }
     store = open_store(spec["dialogue_store"])
-    engine = DialogueEngine(
+    engine = EscDialogueEngine(
         role_player=RolePlayerChat(settings, lm),
         supporter=LMEvalChatModel(lm, supporter["gen_kwargs"], use_chat_template=supporter["chat_template"]),
         rounds=settings.rounds,
@@ -280,7 +280,7 @@ def _run_dialogues(lm: Any, requests: Sequence[Instance]) -> list[Transcript]:
     try:
         with tqdm(total=2 * settings.rounds, desc=f"ESC-Eval dialogues ({len(cards)} in parallel)", unit="turn") as bar:
 
-            def on_turn(round_index: int, speaker: Speaker) -> None:
+            def on_turn(round_index: int, speaker: str) -> None:
                 bar.set_postfix(round=f"{round_index + 1}/{settings.rounds}", last=speaker)
                 bar.update(1)
 

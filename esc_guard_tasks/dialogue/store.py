@@ -1,26 +1,23 @@
 """Persisted dialogue turns, so a killed run resumes where it stopped.
 
-Every turn is stored under the fingerprint of everything that determines its dialogue
-(``dialogue_key``) and its index, in one SQLite transaction per speaker batch (WAL
-journal: a SIGKILL leaves either the whole batch or none of it). The number of rounds is
-not part of the key: turn ``i`` does not depend on how many rounds follow it, so a
-3-round run re-uses the first 6 turns of a 5-round one and a 5-round run extends a 3-round one.
+Every turn is stored under the fingerprint of everything that determines its dialogue (the protocol's
+``key``; ESC-Eval's is ``esc_eval.dialogue.dialogue_key``) and its index, in one SQLite transaction per
+speaker batch (WAL journal: a SIGKILL leaves either the whole batch or none of it). The number of rounds is
+not part of the key: turn ``i`` does not depend on how many rounds follow it, so a 3-round run re-uses the
+first 6 turns of a 5-round one and a 5-round run extends a 3-round one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from esc_guard_tasks.esc_eval.protocol import Card, Turn, prompts
+from esc_guard_tasks.dialogue.turn import Turn
 from esc_guard_tasks.hub import cache_dir
 from esc_guard_tasks.sqlite_files import SQLiteFile, check_file, open_checked
 
-# Bump when the engine's way of turning a history into a turn changes.
+# Bump when the engine's way of turning a history into a turn changes (a protocol puts it in its store keys).
 STORE_FORMAT = 1
 STORE_OFF = "none"
 STORE_FILE = SQLiteFile(
@@ -38,18 +35,6 @@ TRUNCATION_SQL = (
     "CREATE TABLE IF NOT EXISTS prompt_truncation (dialogue TEXT NOT NULL, turn INTEGER NOT NULL,"
     " truncated INTEGER NOT NULL, PRIMARY KEY (dialogue, turn))"
 )
-
-
-def dialogue_key(
-    identity: Mapping[str, Any], seed: int, card: Card, supporter_system_prompt: str, trial: int = 0
-) -> str:
-    """The fingerprint of one dialogue: models and their settings (``identity``), seed, card, prompts, trial.
-
-    Trial 0 has the key of a dialogue made before trials existed, so existing stores stay valid."""
-    payload = [STORE_FORMAT, prompts(), dict(identity), seed, asdict(card), supporter_system_prompt]
-    if trial:
-        payload.append({"trial": trial})
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
 class DialogueStore(Protocol):
@@ -87,11 +72,10 @@ class SQLiteDialogueStore:
             ).fetchall()
             for key, index, speaker, text, truncated in rows:
                 turns = found.setdefault(key, [])
-                expected = "seeker" if index % 2 == 0 else "supporter"
-                if index != len(turns) or speaker != expected:
+                if index != len(turns):
                     raise ValueError(
-                        f"{self}: dialogue {key[:12]}… has turn {index} ({speaker}) where turn {len(turns)}"
-                        f" ({expected}) belongs; delete the file to start afresh"
+                        f"{self}: dialogue {key[:12]}… has turn {index} where turn {len(turns)} belongs;"
+                        " delete the file to start afresh"
                     )
                 turns.append(Turn(speaker, text, None if truncated is None else bool(truncated)))
         return found
