@@ -4,8 +4,6 @@ by registering one more descriptor, with no edit to the table, HTML, merge or sa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from report_fixtures import write_run
@@ -13,22 +11,12 @@ from report_fixtures import write_run
 from esc_guard_tasks.report import benchmarks, html, merge, table
 from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart
 from esc_guard_tasks.report.esc import ESC_EVAL
-from esc_guard_tasks.report.guard import MLLMGUARD, MLLMGUARD_DEMO
+from esc_guard_tasks.report.guard import MLLMGUARD, MLLMGUARD_DEMO, GuardSample
 from esc_guard_tasks.report.results import ReportInputError, metric, task_row
 from esc_guard_tasks.report.runs import load_runs, read_samples
 from esc_guard_tasks.report.stats import Estimate
 
 TOY = "toybench"
-
-
-@dataclass
-class ToySample:
-    task: str
-    record: dict[str, Any]
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        return (TOY, self.record["query_id"])
 
 
 def _toy_rows(runs, paper):
@@ -51,7 +39,7 @@ TOYBENCH = BenchmarkDescriptor(
     caption="Toybench (higher is better)",
     rows=_toy_rows,
     comparison_key=("model",),
-    read_sample=lambda task, line: ToySample(task, line["toy"]),
+    read_sample=lambda task, line: GuardSample(task, line["toy"]),  # its own key: MLLMGuard's reader would fail
     sample_view=lambda sample: {"kind": "guard", "record": sample.record, "image": None},
     charts=_toy_charts,
 )
@@ -79,7 +67,7 @@ def test_a_registered_descriptor_is_tabulated_and_rendered(tmp_path, toy_registe
     section and its samples (read by its own reader) in the HTML page."""
     path, samples = _toy_run(tmp_path)
     runs = load_runs([path], samples)
-    assert [type(s) for s in runs[0].samples[TOY]] == [ToySample]
+    assert [s.record["prompt"] for s in runs[0].samples[TOY]] == ["toy prompt text"]
     text = table.leaderboard(runs, "markdown")
     assert "**Toybench (higher is better)**" in text and "61.50" in text
     assert TOY in benchmarks.families()
