@@ -41,17 +41,34 @@ else
     fi
     export ESC_GUARD_BROWSER_REQUIRED=1
 fi
-.venv/bin/pytest "${XDIST[@]}"
 
-scripts/setup_vllm.sh
+# The other three venvs install while the main suite runs (mostly downloads and unpacking), one after the other,
+# from a copy of the sources: pip builds in the source tree, and the main suite builds a wheel of it as well.
+copy=$(mktemp -d)
+setup_log=$(mktemp)
+tar -c --exclude='./.venv*' --exclude=./build --exclude=./.git . | tar -x -C "$copy"
+(
+    for venv in vllm lmms oldest; do
+        VENV="$PWD/.venv-$venv" "$copy/scripts/setup_$venv.sh" || exit 1
+    done
+) >"$setup_log" 2>&1 &
+setups=$!
+status=0
+.venv/bin/pytest "${XDIST[@]}" || status=$?
+if ! wait "$setups"; then
+    cat "$setup_log" >&2
+    echo "scripts/test.sh: setting up the vLLM, lmms-eval or oldest venv failed (its log is above)" >&2
+    status=1
+fi
+rm -rf "$copy" "$setup_log"
+[ "$status" = 0 ] || exit "$status"
+
 .venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py tests/test_data_parallel.py
 
-scripts/setup_lmms.sh
 .venv-lmms/bin/pytest -m lmms tests/test_lmms_eval.py tests/test_report_mllmguard.py tests/test_security.py \
     tests/test_lmms_eval_cli.py tests/test_offline_errors.py tests/test_lmms_models.py tests/test_mllmguard_demo.py
 # lmms-eval's lowest declared release is the one the step above runs in full; this checks that it is.
 ESC_GUARD_EXPECT_OLDEST=lmms-eval .venv-lmms/bin/pytest tests/test_harness_versions.py -k declared_lowest
 
 # lm-eval: the smoke subset at the lowest declared release (the full suite above runs the newest).
-scripts/setup_oldest.sh
 ESC_GUARD_EXPECT_OLDEST=lm-eval .venv-oldest/bin/pytest -m oldest tests/test_harness_versions.py

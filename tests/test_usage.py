@@ -228,10 +228,12 @@ def test_the_hf_judge_counts_its_prompt_and_generated_tokens(tiny_model: Path):
 
 def test_the_report_table_and_page_show_the_recorded_usage(tmp_path: Path):
     """``report table`` adds a table of tokens per task and role (with the estimated cost when the run had
-    prices) after the scores, and the HTML page a section with the same numbers; a run without usage gets
-    neither."""
+    prices) after the scores (in CSV, a file of its own beside the scores' file, which stays one parseable
+    table), and the HTML page a section with the same numbers; a run without usage gets neither."""
+    import pandas as pd
     from report_fixtures import esc_row, write_run
 
+    from esc_guard_tasks.cli import main
     from esc_guard_tasks.report.html import build_report
     from esc_guard_tasks.report.runs import load_runs
     from esc_guard_tasks.report.table import USAGE_CAPTION, leaderboard
@@ -249,7 +251,10 @@ def test_the_report_table_and_page_show_the_recorded_usage(tmp_path: Path):
     with_usage.write_text(json.dumps(results), "utf-8")
     without, _ = write_run(tmp_path / "b", "model-b", {"esc_eval_en": esc_row({"fluency": 60.0})})
 
-    text = leaderboard(load_runs([with_usage]), "csv")
+    assert USAGE_CAPTION in leaderboard(load_runs([with_usage]), "markdown")
+    main(["report", "table", str(with_usage), "--format", "csv", "--output", str(tmp_path / "table.csv")])
+    assert list(pd.read_csv(tmp_path / "table.csv")["task"]) == ["esc_eval_en"]
+    text = (tmp_path / "table.usage.csv").read_text("utf-8")
     assert "model,task,role,prompt_tokens,completion_tokens,requests,unmeasured,reused,est. cost" in text
     assert "esc_eval_en,supporter,2345,67,8,2,0,0.01" in text  # (2345 * 2 + 67 * 8) / 1e6, two decimals
     assert "esc_eval_en,judge,0,0,0,0,56," in text

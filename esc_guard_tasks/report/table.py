@@ -4,12 +4,14 @@ ESC-Eval: the seven dimensions and their average (0–100) per language (``esc_e
 and for the ``esc_eval`` group. MLLMGuard: ASD ↓ / PAR ↑ per dimension and overall. With
 ``--paper-reference`` the ESC-Eval paper's published human-evaluation rows are added, labelled as what they
 are: human annotation on the paper's full card set, not a run of this package (not comparable one to one).
-Runs that recorded their token usage get a last table: tokens per task and role, and the estimated cost.
+Runs that recorded their token usage get a last table: tokens per task and role, and the estimated cost. A CSV
+holds one table, so in CSV the usage goes to its own file beside ``--output`` (``NAME.usage.csv``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,20 @@ def leaderboard(
     ]
     if not tables:
         raise SystemExit(f"no {benchmarks.titles()} rows in the given results files" + _why_no_rows(runs))
+    if fmt != "csv" and (usage := usage_table(runs, fmt, wanted)):
+        tables.append(usage)
+    return "\n".join(tables)
+
+
+def usage_table(runs: list[Run], fmt: str, families: tuple[str, ...]) -> str:
+    """Tokens per model, task and role of the given benchmark families; empty when no run recorded usage."""
     usage = [
         {"model": run.label} | row
         for run in runs
         for row in usage_rows(run.results)
-        if (owner := benchmarks.benchmark_of(row["task"])) is not None and owner.family in wanted
+        if (owner := benchmarks.benchmark_of(row["task"])) is not None and owner.family in families
     ]
-    if usage:
-        tables.append(render(usage, fmt, USAGE_CAPTION))
-    return "\n".join(tables)
+    return render(usage, fmt, USAGE_CAPTION) if usage else ""
 
 
 def _why_no_rows(runs: list[Run]) -> str:
@@ -89,9 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     families = tuple(args.benchmark) if args.benchmark else None
-    text = leaderboard(load_runs(args.results), args.format, families, args.paper_reference)
+    runs = load_runs(args.results)
+    text = leaderboard(runs, args.format, families, args.paper_reference)
+    usage = usage_table(runs, "csv", families or benchmarks.families()) if args.format == "csv" else ""
     if args.output:
         args.output.write_text(text, "utf-8")
+        if usage:
+            beside = args.output.with_suffix(".usage.csv")
+            beside.write_text(usage, "utf-8")
+            print(f"token usage: {beside}", file=sys.stderr)
     else:
         print(text, end="")
+        if usage:
+            print("token usage: not in a CSV on stdout (one table per CSV); give --output FILE", file=sys.stderr)
     return 0
