@@ -1,15 +1,17 @@
 """The report commands loop over benchmark descriptors (``report.benchmarks``): a further benchmark is reported
-by registering one more descriptor, with no edit to the table, HTML, merge or samples-reading code."""
+by registering one more descriptor, with no edit to the table, HTML, merge, agreement or samples-reading code."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 from report_fixtures import write_run
 
-from esc_guard_tasks.report import benchmarks, html, merge, table
-from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart
+from esc_guard_tasks.report import agreement, benchmarks, html, merge, table
+from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, LabelFormat
 from esc_guard_tasks.report.esc import ESC_EVAL
 from esc_guard_tasks.report.guard import MLLMGUARD, MLLMGUARD_DEMO, GuardSample
 from esc_guard_tasks.report.results import ReportInputError, metric, task_row
@@ -89,6 +91,51 @@ def test_merge_and_samples_follow_the_registered_descriptors(tmp_path, toy_regis
     _, (stray,) = write_run(tmp_path / "stray", "m", {}, {"arc_easy": [{"doc_id": 0}]})
     with pytest.raises(ReportInputError, match="is not an ESC-Eval or MLLMGuard or Toybench task"):
         read_samples(stray)
+
+
+@dataclass
+class ToySample:
+    task: str
+    record: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (TOY, self.record["query_id"])
+
+
+def _toy_judged(sample, dimension, value, where):
+    return "score", 5, sample.record["score"]
+
+
+TOYBENCH_LABELLED = replace(
+    TOYBENCH,
+    read_sample=lambda task, line: ToySample(task, line["toy"]),
+    labels=LabelFormat(
+        ("toy_id", "toy_score"), lambda item, where: ((TOY, item["toy_id"]), {"": item["toy_score"]}), _toy_judged
+    ),
+)
+
+
+def test_agreement_reads_a_registered_benchmarks_labels(tmp_path, monkeypatch):
+    """``report agreement`` pairs the labels of a registered benchmark through its descriptor's label format (its
+    own fields, key and scale), and a line of no known format names every registered format."""
+    monkeypatch.setattr(benchmarks, "BENCHMARKS", (*benchmarks.BENCHMARKS, TOYBENCH_LABELLED))
+    records = [{"query_id": f"q-{i}", "score": i % 3, "prompt": "p", "response": "r"} for i in range(4)]
+    _, samples = write_run(
+        tmp_path,
+        "toy-model",
+        {TOY: {"score,none": 1.0}},
+        {TOY: [{"doc_id": i, "toy": r} for i, r in enumerate(records)]},
+    )
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"toy_id": f"q-{i}", "toy_score": [0, 1, 2, 2][i]}) + "\n" for i in range(4)))
+    result = agreement.report([labels], samples, resamples=50)
+    (row,) = result["rows"]
+    assert (row["benchmark"], row["dimension"], row["n"], row["acc"]["value"]) == (TOY, "score", 4, 75.0)
+    assert result["unmatched"] == {"labels_without_sample": [], "samples_without_label": []}
+    labels.write_text(json.dumps({"card": 1}) + "\n")
+    with pytest.raises(ReportInputError, match=r"labels.jsonl:1: needs either .*toy_id \+ toy_score \(Toybench\)"):
+        agreement.read_labels(labels)
 
 
 def test_tasks_belong_to_the_longest_matching_prefix():

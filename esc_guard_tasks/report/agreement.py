@@ -4,7 +4,8 @@ The statistics the ESC-Eval paper compares judges with (Table 4: ACC, ACC_soft) 
 (``scipy.stats``) and Krippendorff's alpha, ordinal (the ``krippendorff`` package), each with a 95% bootstrap
 interval (fixed seed) over the labelled items. ACC and ACC_soft (within one point) are in percent.
 
-Label file: JSON Lines, one labelled item per line, keyed by the identity our logged samples carry.
+Label file: JSON Lines, one labelled item per line, keyed by the identity our logged samples carry; each
+benchmark's descriptor says how its lines read (``LabelFormat``, in ``report/esc.py`` and ``report/guard.py``).
 
 * ESC-Eval (scores 0–4; any subset of the seven dimensions; ``null`` = not labelled)::
 
@@ -30,16 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from esc_guard_tasks.report.benchmark import Sample
-from esc_guard_tasks.report.esc import EscSample, esc_dimensions
-from esc_guard_tasks.report.guard import GuardSample
+from esc_guard_tasks.report import benchmarks
+from esc_guard_tasks.report.benchmark import LabelFormat, Sample
 from esc_guard_tasks.report.results import ReportInputError, nonblank_lines
 from esc_guard_tasks.report.runs import load_runs, read_samples
 from esc_guard_tasks.report.stats import RESAMPLES, SEED, Estimate, bootstrap
 
-ESC_MAX = 4
-GUARD_MAX = {"hallucination": 1}  # by MLLMGuard config; the others 0–3
-GUARD_DEFAULT_MAX = 3
 STATISTICS = ("acc", "acc_soft", "pearson", "spearman", "krippendorff_alpha")
 
 
@@ -51,12 +48,14 @@ class Label:
     where: str  # file:line
 
 
-def _score(value: Any, top: int, where: str, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-        raise ReportInputError(f"{where}: {what} must be an integer 0–{top} or null, got {value!r}")
-    return value
+def label_formats() -> list[tuple[str, LabelFormat]]:
+    """(benchmark title, label format) of the registered benchmarks, each format once (a demo shares its
+    benchmark's), the fewest fields first."""
+    formats: dict[LabelFormat, str] = {}
+    for benchmark in benchmarks.BENCHMARKS:
+        if benchmark.labels is not None:
+            formats.setdefault(benchmark.labels, benchmark.title)
+    return sorted(((title, f) for f, title in formats.items()), key=lambda pair: len(pair[1].fields))
 
 
 def read_labels(path: Path) -> list[Label]:
@@ -71,21 +70,11 @@ def read_labels(path: Path) -> list[Label]:
             raise ReportInputError(f"{where}: not JSON ({error})") from error
         if not isinstance(item, dict):
             raise ReportInputError(f"{where}: expected a JSON object")
-        if "query_id" in item:
-            key: tuple[Any, ...] = ("mllmguard", str(item["query_id"]))
-            values = {"": _score(item.get("score"), GUARD_DEFAULT_MAX, where, "score")}
-        elif {"card_id", "language", "scores"} <= set(item):
-            if item["language"] not in ("en", "zh") or not isinstance(item["scores"], dict):
-                raise ReportInputError(f"{where}: language must be 'en' or 'zh' and scores an object")
-            unknown = set(item["scores"]) - set(esc_dimensions())
-            if unknown:
-                raise ReportInputError(
-                    f"{where}: unknown dimensions {sorted(unknown)}; known: {list(esc_dimensions())}"
-                )
-            key = ("esc_eval", item["card_id"], item["language"])
-            values = {d: _score(v, ESC_MAX, where, f"scores.{d}") for d, v in item["scores"].items()}
-        else:
-            raise ReportInputError(f"{where}: needs either query_id + score (MLLMGuard) or card_id + language + scores")
+        matches = [(title, f) for title, f in label_formats() if set(f.fields) <= set(item)]
+        if len(matches) != 1:
+            shapes = " or ".join(f"{f.shape} ({title})" for title, f in (matches or label_formats()))
+            raise ReportInputError(f"{where}: needs {'only one of' if matches else 'either'} {shapes}")
+        key, values = matches[0][1].read(item, where)
         if key in seen:
             raise ReportInputError(f"{where}: item {key[1:]} is labelled twice (first at {seen[key]})")
         seen[key] = where
@@ -121,16 +110,10 @@ def pair_up(labels: list[Label], samples: list[Sample]) -> tuple[dict[tuple[str,
             unmatched_labels.append(f"{label.where}: {label.key[0]} {label.key[1:]}")
             continue
         labelled.add(label.key)
-        if isinstance(sample, EscSample):
-            name, top, judged = ("esc_eval", label.dimension), ESC_MAX, sample.score(label.dimension)
-        else:
-            assert isinstance(sample, GuardSample), label.key  # read_labels keys only these two benchmarks
-            config = sample.record.get("config", "")
-            top = GUARD_MAX.get(config, GUARD_DEFAULT_MAX)
-            if label.value > top:
-                raise ReportInputError(f"{label.where}: score must be 0–{top} for {config}, got {label.value}")
-            name, judged = ("mllmguard", sample.record.get("dimension", config)), sample.record.get("score")
-        entry = pairs.setdefault(name, Pairs(top))
+        owner = benchmarks.benchmark_of(sample.task)
+        assert owner is not None and owner.labels is not None, sample.task  # its key came from a label format
+        dimension, top, judged = owner.labels.judged(sample, label.dimension, label.value, label.where)
+        entry = pairs.setdefault((label.key[0], dimension), Pairs(top))
         if isinstance(judged, int) and not isinstance(judged, bool):
             entry.human.append(label.value)
             entry.judge.append(judged)

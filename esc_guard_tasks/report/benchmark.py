@@ -1,6 +1,6 @@
 """What the report commands need to know about one benchmark, as data: a ``BenchmarkDescriptor``.
 
-The table, HTML and merge code loop over the registered descriptors (``report.benchmarks``) and never name a
+The table, HTML, merge and agreement code loop over the registered descriptors (``report.benchmarks``) and never name a
 benchmark: reporting a further benchmark is one more descriptor, with its own rows, charts and sample reader.
 """
 
@@ -37,6 +37,25 @@ class Chart:
 
 
 @dataclass(frozen=True)
+class LabelFormat:
+    """How ``report agreement`` reads one benchmark's human labels and pairs them with its judged samples.
+
+    A label line is this benchmark's when it has all of ``fields``. ``read(item, where)`` gives the key of the
+    sample it labels and its score per dimension (None: not labelled); ``judged(sample, dimension, value, where)``
+    gives the pair's dimension, the scale's maximum and the judge's score (not an int: an invalid reply). Both
+    raise ``ReportInputError`` naming ``where`` (file:line) for a label they cannot use.
+    """
+
+    fields: tuple[str, ...]
+    read: Callable[[dict[str, Any], str], tuple[tuple[Any, ...], dict[str, int | None]]]
+    judged: Callable[[Sample, str, int, str], tuple[str, int, Any]]
+
+    @property
+    def shape(self) -> str:
+        return " + ".join(self.fields)
+
+
+@dataclass(frozen=True)
 class BenchmarkDescriptor:
     """One benchmark as the report shows it.
 
@@ -47,7 +66,8 @@ class BenchmarkDescriptor:
     and pair across runs on ``comparison_key``. ``read_sample(task, line)`` reads one logged sample line,
     ``sample_view`` gives what the HTML sample browser shows of it (its ``kind`` names the template
     ``sample_<kind>.html.j2`` that shows it), and
-    ``breakdown_metrics`` are the metric-name prefixes listed per language (``languages``) or subtask.
+    ``breakdown_metrics`` are the metric-name prefixes listed per language (``languages``) or subtask;
+    ``labels`` is how its human labels read (``report agreement``), None when it has none.
     """
 
     family: str
@@ -62,6 +82,7 @@ class BenchmarkDescriptor:
     section: str = ""  # default: its own caption
     breakdown_metrics: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
+    labels: LabelFormat | None = None
 
     @property
     def comparison_section(self) -> str:

@@ -21,13 +21,14 @@ import numpy as np
 from esc_guard_tasks.esc_eval.protocol import Transcript
 from esc_guard_tasks.esc_eval.rubric import dimensions
 from esc_guard_tasks.judges.base import Verdict
-from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, Sample
-from esc_guard_tasks.report.results import Run, metric, task_row
+from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, LabelFormat, Sample
+from esc_guard_tasks.report.results import ReportInputError, Run, label_score, metric, task_row
 from esc_guard_tasks.report.stats import Estimate, bootstrap
 
 LANGUAGES = ("en", "zh")
 GROUP = "esc_eval"
 SCALE = 25.0  # judge scores 0–4 → 0–100
+JUDGE_MAX = 4  # the judge's (and a human label's) top score
 
 
 @cache
@@ -152,6 +153,23 @@ def sample_view(sample: Sample) -> dict[str, Any]:
     return {"kind": "esc", "sample": sample}
 
 
+def read_label(item: dict[str, Any], where: str) -> tuple[tuple[Any, ...], dict[str, int | None]]:
+    """``{"card_id": 32025, "language": "en", "scores": {"fluency": 3, "overall": 1}}``: any subset of the seven
+    dimensions, 0–4, ``null`` = not labelled; it labels the card's (first) dialogue in that language."""
+    if item["language"] not in LANGUAGES or not isinstance(item["scores"], dict):
+        raise ReportInputError(f"{where}: language must be 'en' or 'zh' and scores an object")
+    unknown = set(item["scores"]) - set(esc_dimensions())
+    if unknown:
+        raise ReportInputError(f"{where}: unknown dimensions {sorted(unknown)}; known: {list(esc_dimensions())}")
+    scores = {d: label_score(v, JUDGE_MAX, where, f"scores.{d}") for d, v in item["scores"].items()}
+    return (GROUP, item["card_id"], item["language"]), scores
+
+
+def judged_score(sample: Sample, dimension: str, value: int, where: str) -> tuple[str, int, Any]:
+    assert isinstance(sample, EscSample)
+    return dimension, JUDGE_MAX, sample.score(dimension)
+
+
 ESC_EVAL = BenchmarkDescriptor(
     family=GROUP,
     title="ESC-Eval",
@@ -162,4 +180,5 @@ ESC_EVAL = BenchmarkDescriptor(
     read_sample=read_sample,
     sample_view=sample_view,
     charts=charts,
+    labels=LabelFormat(("card_id", "language", "scores"), read_label, judged_score),
 )

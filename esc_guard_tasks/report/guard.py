@@ -19,8 +19,8 @@ import numpy as np
 
 from esc_guard_tasks.mllmguard import formulas as guard_metrics
 from esc_guard_tasks.mllmguard.taxonomy import DIMENSION, DIMENSIONS, compose
-from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, Sample
-from esc_guard_tasks.report.results import Run, metric, task_row
+from esc_guard_tasks.report.benchmark import BenchmarkDescriptor, Chart, LabelFormat, Sample
+from esc_guard_tasks.report.results import ReportInputError, Run, label_score, metric, task_row
 from esc_guard_tasks.report.stats import Estimate, bootstrap
 
 GROUP = "mllmguard"
@@ -29,6 +29,8 @@ METRICS = ("asd", "par")
 LANGUAGES = ("en", "zh")
 THUMBNAIL = 256
 CAPTION = "MLLMGuard (ASD lower is better, PAR higher is better; x100)"
+JUDGE_MAX = {"hallucination": 1}  # the judge's (and a human label's) top score by config; the others 0–3
+DEFAULT_JUDGE_MAX = 3
 
 
 def mllmguard_task(dimension: str, group: str = GROUP) -> str:
@@ -162,6 +164,21 @@ def sample_view(sample: Sample) -> dict[str, Any]:
     return {"kind": "guard", "record": sample.record, "image": _image(sample.record.get("image_path"))}
 
 
+def read_label(item: dict[str, Any], where: str) -> tuple[tuple[Any, ...], dict[str, int | None]]:
+    """``{"query_id": "privacy/all/1/single", "score": 2}`` (the ``query_id`` of the samples' ``judge`` record;
+    0–3, hallucination 0/1, which is checked once the label meets its sample)."""
+    return (GROUP, str(item["query_id"])), {"": label_score(item["score"], DEFAULT_JUDGE_MAX, where, "score")}
+
+
+def judged_score(sample: Sample, dimension: str, value: int, where: str) -> tuple[str, int, Any]:
+    assert isinstance(sample, GuardSample)
+    config = sample.record.get("config", "")
+    top = JUDGE_MAX.get(config, DEFAULT_JUDGE_MAX)
+    if value > top:
+        raise ReportInputError(f"{where}: score must be 0–{top} for {config}, got {value}")
+    return sample.record.get("dimension", config), top, sample.record.get("score")
+
+
 MLLMGUARD = BenchmarkDescriptor(
     family=GROUP,
     title="MLLMGuard",
@@ -174,6 +191,7 @@ MLLMGUARD = BenchmarkDescriptor(
     charts=charts,
     breakdown_metrics=("asd_", "par_"),
     languages=LANGUAGES,
+    labels=LabelFormat(("query_id", "score"), read_label, judged_score),
 )
 MLLMGUARD_DEMO = replace(
     MLLMGUARD,

@@ -32,6 +32,15 @@ class ReportInputError(ValueError):
     """A results, samples or label file that cannot be used; the message names the file (and line)."""
 
 
+def label_score(value: Any, top: int, where: str, what: str) -> int | None:
+    """A human label's score: an integer 0–``top``, or None (``null``: not labelled); else an error naming ``where``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise ReportInputError(f"{where}: {what} must be an integer 0–{top} or null, got {value!r}")
+    return value
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text("utf-8"))
