@@ -46,6 +46,7 @@ fi
 # from a copy of the sources: pip builds in the source tree, and the main suite builds a wheel of it as well.
 copy=$(mktemp -d)
 setup_log=$(mktemp)
+trap 'rm -rf "$copy" "$setup_log"' EXIT
 tar -c --exclude='./.venv*' --exclude=./build --exclude=./.git . | tar -x -C "$copy"
 (
     for venv in vllm lmms oldest; do
@@ -60,7 +61,6 @@ if ! wait "$setups"; then
     echo "scripts/test.sh: setting up the vLLM, lmms-eval or oldest venv failed (its log is above)" >&2
     status=1
 fi
-rm -rf "$copy" "$setup_log"
 [ "$status" = 0 ] || exit "$status"
 
 .venv-vllm/bin/pytest -m vllm tests/test_vllm.py tests/test_vllm_serve.py tests/test_data_parallel.py

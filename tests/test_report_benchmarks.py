@@ -4,7 +4,7 @@ by registering one more descriptor, with no edit to the table, HTML, merge, agre
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -93,10 +93,8 @@ def test_merge_and_samples_follow_the_registered_descriptors(tmp_path, toy_regis
         read_samples(stray)
 
 
-@dataclass
-class ToySample:
-    task: str
-    record: dict[str, Any]
+class ToySample(GuardSample):
+    """A logged record like MLLMGuard's, keyed as the toy benchmark's own."""
 
     @property
     def key(self) -> tuple[Any, ...]:

@@ -192,6 +192,11 @@ def test_agreement_statistics_mixed_languages(tmp_path):
         ({"card_id": 1, "language": "fr", "scores": {}}, r"labels.jsonl:2: language must be 'en' or 'zh'"),
         ({"query_id": "privacy/all/1/single", "score": "3"}, r"labels.jsonl:2: score must be an integer 0–3"),
         ({"card": 1}, r"labels.jsonl:2: needs either query_id"),
+        ({"query_id": "privacy/all/1/single"}, r"labels.jsonl:2: needs either query_id \+ score \(MLLMGuard\)"),
+        (
+            {"query_id": "privacy/all/1/single", "score": 1, "card_id": 1, "language": "en", "scores": {}},
+            r"labels.jsonl:2: needs only one of query_id \+ score \(MLLMGuard\) or card_id \+ language \+ scores",
+        ),
         ("{not json", r"labels.jsonl:2: not JSON"),
         (
             {"card_id": 0, "language": "en", "scores": {"fluency": 1}},

@@ -62,6 +62,7 @@ def read_labels(path: Path) -> list[Label]:
     """Parse a label file (format in the module docstring); errors name the file and line."""
     labels: list[Label] = []
     seen: dict[tuple[Any, ...], str] = {}
+    formats = label_formats()
     for number, text in nonblank_lines(path):
         where = f"{path}:{number}"
         try:
@@ -70,9 +71,9 @@ def read_labels(path: Path) -> list[Label]:
             raise ReportInputError(f"{where}: not JSON ({error})") from error
         if not isinstance(item, dict):
             raise ReportInputError(f"{where}: expected a JSON object")
-        matches = [(title, f) for title, f in label_formats() if set(f.fields) <= set(item)]
+        matches = [(title, f) for title, f in formats if set(f.fields) <= set(item)]
         if len(matches) != 1:
-            shapes = " or ".join(f"{f.shape} ({title})" for title, f in (matches or label_formats()))
+            shapes = " or ".join(f"{f.shape} ({title})" for title, f in (matches or formats))
             raise ReportInputError(f"{where}: needs {'only one of' if matches else 'either'} {shapes}")
         key, values = matches[0][1].read(item, where)
         if key in seen:

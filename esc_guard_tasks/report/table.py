@@ -40,7 +40,7 @@ def leaderboard(
     runs: list[Run], fmt: str = "markdown", families: tuple[str, ...] | None = None, paper: bool = False
 ) -> str:
     """The tables of the requested benchmark families (default: all) that have rows, separated by a blank line."""
-    wanted = benchmarks.families() if families is None else families
+    wanted = _families(families)
     tables = [
         render(rows, fmt, benchmark.caption)
         for benchmark in benchmarks.BENCHMARKS
@@ -53,15 +53,21 @@ def leaderboard(
     return "\n".join(tables)
 
 
-def usage_table(runs: list[Run], fmt: str, families: tuple[str, ...]) -> str:
-    """Tokens per model, task and role of the given benchmark families; empty when no run recorded usage."""
+def usage_table(runs: list[Run], fmt: str, families: tuple[str, ...] | None = None) -> str:
+    """Tokens per model, task and role of the given benchmark families (default: all); empty when no run
+    recorded usage."""
+    wanted = _families(families)
     usage = [
         {"model": run.label} | row
         for run in runs
         for row in usage_rows(run.results)
-        if (owner := benchmarks.benchmark_of(row["task"])) is not None and owner.family in families
+        if (owner := benchmarks.benchmark_of(row["task"])) is not None and owner.family in wanted
     ]
     return render(usage, fmt, USAGE_CAPTION) if usage else ""
+
+
+def _families(families: tuple[str, ...] | None) -> tuple[str, ...]:
+    return benchmarks.families() if families is None else families
 
 
 def _why_no_rows(runs: list[Run]) -> str:
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     families = tuple(args.benchmark) if args.benchmark else None
     runs = load_runs(args.results)
     text = leaderboard(runs, args.format, families, args.paper_reference)
-    usage = usage_table(runs, "csv", families or benchmarks.families()) if args.format == "csv" else ""
+    usage = usage_table(runs, "csv", families) if args.format == "csv" else ""
     if args.output:
         args.output.write_text(text, "utf-8")
         if usage:
